@@ -1,0 +1,109 @@
+"""Grain input pipeline over the Shapes array_record files.
+
+Training: one global shuffle (reshuffled every epoch) of the whole split, seeded, then
+each process reads its own strided share of the stream and batches its rows; the
+trainer assembles the process-local batches into one global array. The iterator is a
+grain `DatasetIterator` whose state goes into every checkpoint, so a resumed run reads
+exactly the batch the interrupted run would have read next.
+
+Every example becomes a flat dict of fixed-shape numpy arrays (objects padded to
+`MAX_OBJECTS` with -1 / 0) plus the caption string, which stays on the host.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Iterator
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from t2i.data import shapes, shapes_tfds
+from t2i.errors import UsageError
+
+MAX_OBJECTS = 3
+Transform = Callable[[dict], dict]
+
+
+def data_source(data: ml_collections.ConfigDict, split: str):
+    """Random-access source of one split; a clear error if it was never built."""
+    if split not in shapes_tfds.SPLITS:
+        raise UsageError(f"unknown split '{split}' (choose from {', '.join(shapes_tfds.SPLITS)})")
+    shapes_builder = shapes_tfds.builder(data.builder_config, data.data_dir)
+    if not shapes_builder.is_prepared():
+        raise UsageError(
+            f"data set shapes/{data.builder_config} not found in {os.path.abspath(data.data_dir)}; "
+            f"build it with: t2i data build shapes --builder_config {data.builder_config} "
+            f"--data_dir {data.data_dir}"
+        )
+    return shapes_builder.as_data_source(split=split)
+
+
+def to_arrays(example: dict) -> dict:
+    """A TFDS example -> flat fixed-shape arrays (the batch format every family reads)."""
+    objects = example["objects"]
+    n = len(objects["color"])
+    out = {key: np.asarray(value) for key, value in example.items() if key.startswith("image_")}
+    caption = example["caption"]
+    out["caption"] = caption.decode() if isinstance(caption, bytes) else str(caption)
+    out["kind"] = np.int32(example["kind"])
+    out["num_objects"] = np.int32(n)
+    for key in ("color", "shape", "size"):
+        padded = np.full((MAX_OBJECTS,), -1, np.int32)
+        padded[:n] = np.asarray(objects[key], np.int32)
+        out[key] = padded
+    for key in ("cx", "cy", "r"):
+        padded = np.zeros((MAX_OBJECTS,), np.float32)
+        padded[:n] = np.asarray(objects[key], np.float32)
+        out[key] = padded
+    return out
+
+
+def _stack(rows: list[dict]) -> dict:
+    return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
+
+
+def per_process_batch_size(global_batch_size: int) -> int:
+    count = jax.process_count()
+    if global_batch_size % count:
+        raise UsageError(f"batch size {global_batch_size} does not divide over {count} processes")
+    return global_batch_size // count
+
+
+def train_iterator(data: ml_collections.ConfigDict, global_batch_size: int, seed: int,
+                   transform: Transform | None = None) -> grain.DatasetIterator:
+    """Infinite, deterministic, checkpointable iterator of process-local batches."""
+    dataset = grain.MapDataset.source(data_source(data, data.split)).shuffle(seed=seed).repeat()
+    dataset = dataset[jax.process_index():: jax.process_count()]
+    dataset = dataset.map(to_arrays)
+    if transform is not None:
+        dataset = dataset.map(transform)
+    dataset = dataset.batch(per_process_batch_size(global_batch_size), drop_remainder=True, batch_fn=_stack)
+    options = grain.ReadOptions(num_threads=int(data.num_threads), prefetch_buffer_size=int(data.prefetch))
+    return iter(dataset.to_iter_dataset(options))
+
+
+def eval_batches(data: ml_collections.ConfigDict, split: str, global_batch_size: int,
+                 transform: Transform | None = None, limit: int | None = None) -> Iterator[dict]:
+    """One pass over a split in order; the last batch is padded, `valid` marks real rows."""
+    source = data_source(data, split)
+    total = len(source) if limit is None else min(limit, len(source))
+    local = per_process_batch_size(global_batch_size)
+    process, count = jax.process_index(), jax.process_count()
+    for start in range(0, total, global_batch_size):
+        rows, valid = [], []
+        for i in range(start + process * local, start + (process + 1) * local):
+            index = min(i, total - 1)  # pad with a real example, masked out below
+            row = to_arrays(source[index])
+            rows.append(transform(row) if transform is not None else row)
+            valid.append(i < total)
+        batch = _stack(rows)
+        batch["valid"] = np.asarray(valid)
+        yield batch
+
+
+def label_names() -> dict[str, tuple[str, ...]]:
+    """Class names of the integer fields, for printing."""
+    return {"kind": shapes.KINDS, "color": shapes.COLORS, "shape": shapes.SHAPES, "size": tuple(shapes.SIZES)}

@@ -1,0 +1,45 @@
+"""What a model family hands the generic trainer."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import ml_collections
+
+
+class Task:
+    """A family's contract with `t2i.train.trainer.train`.
+
+    Required: `init(rng) -> params` (logically partitioned boxes, as `Module.init`
+    returns them) and `loss(params, batch, rng) -> (loss, metrics)`, both pure and
+    traced under jit. Optional: `eval_step(params, batch) -> {name: (num, den)}` summed
+    over a split; `visualize(params, batch, rng, host_batch) -> (uint8 images, texts)`
+    drawn as a grid during training; `transform(example) -> example`, a host-side
+    per-example map in the input pipeline (tokenisation, say).
+    """
+
+    transform: Callable[[dict], dict] | None = None
+
+    def __init__(self, config: ml_collections.ConfigDict):
+        self.config = config
+
+    def init(self, rng: jax.Array) -> Any:
+        raise NotImplementedError
+
+    def loss(self, params: Any, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
+        raise NotImplementedError
+
+    @property
+    def has_eval(self) -> bool:
+        return type(self).eval_step is not Task.eval_step
+
+    @property
+    def has_visualize(self) -> bool:
+        return type(self).visualize is not Task.visualize
+
+    def eval_step(self, params: Any, batch: dict) -> dict:
+        raise NotImplementedError
+
+    def visualize(self, params: Any, batch: dict, rng: jax.Array, host_batch: dict):
+        raise NotImplementedError

@@ -1,0 +1,81 @@
+"""Training logs: TensorBoard scalars, a console progress bar, PNG grids with prompts."""
+
+from __future__ import annotations
+
+import math
+import os
+import textwrap
+from typing import Mapping, Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+class MetricWriter:
+    """TensorBoard event files under `logdir` (read with `tensorboard --logdir`)."""
+
+    def __init__(self, logdir: str, enabled: bool = True):
+        self._writer = None
+        if enabled:
+            from tensorboardX import SummaryWriter  # lazy: not needed for sampling or eval
+
+            self._writer = SummaryWriter(logdir, flush_secs=30)
+
+    def scalars(self, step: int, values: Mapping[str, float], prefix: str = "train") -> None:
+        if self._writer is None:
+            return
+        for name, value in values.items():
+            self._writer.add_scalar(f"{prefix}/{name}", float(value), step)
+
+    def image(self, step: int, name: str, image: np.ndarray) -> None:
+        if self._writer is not None:
+            self._writer.add_image(name, image, step, dataformats="HWC")
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
+def make_grid(images: np.ndarray, texts: Sequence[str] | None = None, columns: int | None = None,
+              scale: int = 1, caption_lines: int = 3) -> np.ndarray:
+    """Tiles uint8 images [N, H, W, 3] into one image, each with its text beneath.
+
+    Small images (Shapes at 32 px) are upscaled by `scale` with nearest neighbour so the
+    text fits; captions wrap over up to `caption_lines` lines.
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"make_grid wants images [N, H, W, 3], got {images.shape}")
+    n, h, w, _ = images.shape
+    if scale > 1:
+        images = images.repeat(scale, axis=1).repeat(scale, axis=2)
+        h, w = h * scale, w * scale
+    columns = columns or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / columns))
+    pad = 2
+    font = ImageFont.load_default()
+    line_height = 11
+    text_height = caption_lines * line_height if texts is not None else 0
+    cell_h, cell_w = h + text_height + pad, w + pad
+    canvas = Image.new("RGB", (columns * cell_w + pad, rows * cell_h + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    chars_per_line = max(8, w // 6)
+    for i in range(n):
+        row, col = divmod(i, columns)
+        x, y = pad + col * cell_w, pad + row * cell_h
+        canvas.paste(Image.fromarray(images[i].astype(np.uint8)), (x, y))
+        if texts is not None:
+            lines = textwrap.wrap(str(texts[i]), chars_per_line)[:caption_lines]
+            for k, line in enumerate(lines):
+                draw.text((x, y + h + k * line_height), line, fill=(0, 0, 0), font=font)
+    return np.asarray(canvas)
+
+
+def save_grid(path: str, images: np.ndarray, texts: Sequence[str] | None = None, **kwargs) -> str:
+    """Writes the grid as a PNG atomically (temp file, then rename)."""
+    grid = make_grid(images, texts, **kwargs)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = path + ".tmp.png"
+    Image.fromarray(grid).save(tmp)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,53 @@
+"""Optimizers from config: AdamW or Adafactor, warmup + cosine, global-norm clipping."""
+
+from __future__ import annotations
+
+import ml_collections
+import optax
+
+from t2i.errors import UsageError
+
+
+def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
+    """Linear warmup from 0 to `learning_rate`, then cosine down to `end_lr_fraction` of it."""
+    decay_steps = max(int(total_steps), int(opt.warmup_steps) + 1)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=opt.learning_rate,
+        warmup_steps=int(opt.warmup_steps),
+        decay_steps=decay_steps,
+        end_value=opt.learning_rate * opt.end_lr_fraction,
+    )
+
+
+def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Returns `(tx, schedule)`. Clipping comes first so the update sees clipped grads."""
+    schedule = learning_rate_schedule(opt, total_steps)
+    if opt.name == "adamw":
+        core = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay)
+    elif opt.name == "adafactor":
+        # Factored second moments: the optimizer Parti used at scale (memory ~ rows + cols).
+        core = optax.adafactor(schedule, weight_decay_rate=opt.weight_decay or None)
+    else:
+        raise UsageError(f"unknown optimizer '{opt.name}' (choose adamw or adafactor)")
+    parts = []
+    if opt.clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(opt.clip_norm))
+    parts.append(core)
+    return optax.chain(*parts), schedule
+
+
+def default_optimizer_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            name="adamw",
+            learning_rate=1e-3,
+            warmup_steps=100,
+            end_lr_fraction=0.0,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=1e-4,
+            clip_norm=1.0,
+        )
+    )
