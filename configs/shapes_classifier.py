@@ -27,7 +27,7 @@ def get_config(arg=None):
              batch_size=64, seed=0, num_threads=2, prefetch=4)
     )
     config.model = ml_collections.ConfigDict(
-        dict(resolution=32, widths=(32, 64, 96), blocks_per_stage=1, dtype="float32", param_dtype="float32")
+        dict(resolution=32, widths=(32, 64), blocks_per_stage=2, stem_stride=2, dtype="float32", param_dtype="float32")
     )
     config.optimizer = default_optimizer_config()
     config.optimizer.learning_rate = 2e-3
@@ -47,6 +47,7 @@ def get_config(arg=None):
         config.data.batch_size = 8
         config.data.num_threads = 0
         config.model.widths = (8, 16)
+        config.model.blocks_per_stage = 1
         config.train.num_steps = 6
         config.train.log_every = 1
         config.train.checkpoint_every = 3

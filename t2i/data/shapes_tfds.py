@@ -9,7 +9,8 @@ need no TensorFlow.
 Builder configs fix the split sizes and resolutions, so a tiny copy for tests and the
 spec-sized data set live side by side under one data_dir:
   default: the spec's sizes (200k / 5k / 5k / 5k) at 32 and 64 px,
-  small:   20k / 1k / 1k / 1k at 32 and 64 px, for CPU runs and the demo,
+  small:   20k / 1k / 5k / 5k at 32 and 64 px (spec-sized test and heldout), for CPU
+           runs and the demo,
   tiny:    512 / 128 / 128 / 128 at 16, 32 and 64 px, for tests.
 Any other sizes: `custom_t<train>_v<val>_e<test>_h<heldout>_r<res>-<res>`.
 """
@@ -36,7 +37,7 @@ class ShapesConfig(tfds.core.BuilderConfig):
 
 PRESETS = {
     "default": (dict(shapes.DEFAULT_SPLIT_SIZES), (32, 64)),
-    "small": (dict(train=20_000, validation=1_000, test=1_000, heldout=1_000), (32, 64)),
+    "small": (dict(train=20_000, validation=1_000, test=5_000, heldout=5_000), (32, 64)),
     "tiny": (dict(train=512, validation=128, test=128, heldout=128), (16, 32, 64)),
 }
 _CUSTOM = re.compile(r"^custom_t(\d+)_v(\d+)_e(\d+)_h(\d+)_r([\d-]+)$")

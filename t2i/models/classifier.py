@@ -1,8 +1,8 @@
 """Shapes attribute classifier: a small CenterNet-style detector on a coarse grid.
 
 Why a grid and not "object slots": objects have no canonical order (two objects can
-share an x or a y), so slot targets would be ambiguous. On a G x G grid (G = S / 4;
-8 x 8 at 32 px, cells of 0.125) the spec's separation rule (centres at least
+share an x or a y), so slot targets would be ambiguous. On a G x G grid (G = S / 2^(stages);
+8 x 8 at 32 px with the default stride-2 stem and two stages, cells of 0.125) the spec's separation rule (centres at least
 r1 + r2 + 0.06 >= 0.28 apart on some axis) puts two centres at least two cells apart,
 so each cell holds at most one centre and a 3x3 local-maximum test separates objects.
 
@@ -30,8 +30,9 @@ HEAD_CHANNELS = 1 + NUM_COLORS + NUM_SHAPES + NUM_SIZES + 2
 
 
 class ShapesClassifier(nn.Module):
-    widths: tuple[int, ...] = (32, 64, 96)  # one stage per width; stride 2 between stages
+    widths: tuple[int, ...] = (32, 64)  # one stage per width; stride 2 between stages
     blocks_per_stage: int = 1
+    stem_stride: int = 2  # a 2x2 patchify stem: full-resolution convs cost most and add little
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -41,7 +42,7 @@ class ShapesClassifier(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = images.astype(self.dtype) / 127.5 - 1.0
         x = nn.with_logical_constraint(x, ("activation_batch", "activation_height", "activation_width", None))
-        x = Conv(self.widths[0], **kw)(x)
+        x = Conv(self.widths[0], kernel_size=max(3, self.stem_stride), strides=self.stem_stride, **kw)(x)
         for i, width in enumerate(self.widths):
             if i > 0:
                 x = Conv(width, strides=2, **kw)(nn.silu(GroupNorm(**kw)(x)))

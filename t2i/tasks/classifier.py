@@ -32,6 +32,7 @@ class ShapesClassifierTask(Task):
         self.model = ShapesClassifier(
             widths=tuple(model_cfg.widths),
             blocks_per_stage=model_cfg.blocks_per_stage,
+            stem_stride=model_cfg.stem_stride,
             dtype=jnp.dtype(model_cfg.dtype),
             param_dtype=jnp.dtype(model_cfg.param_dtype),
         )

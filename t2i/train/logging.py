@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import time
 import textwrap
 from typing import Mapping, Sequence
 
@@ -12,20 +14,26 @@ from PIL import Image, ImageDraw, ImageFont
 
 
 class MetricWriter:
-    """TensorBoard event files under `logdir` (read with `tensorboard --logdir`)."""
+    """TensorBoard event files under `workdir/tensorboard` (`tensorboard --logdir`),
+    and the same scalars as JSON lines in `workdir/metrics.jsonl` for scripts and docs."""
 
-    def __init__(self, logdir: str, enabled: bool = True):
+    def __init__(self, workdir: str, enabled: bool = True):
         self._writer = None
+        self._jsonl = None
         if enabled:
             from tensorboardX import SummaryWriter  # lazy: not needed for sampling or eval
 
-            self._writer = SummaryWriter(logdir, flush_secs=30)
+            self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"), flush_secs=30)
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
 
     def scalars(self, step: int, values: Mapping[str, float], prefix: str = "train") -> None:
         if self._writer is None:
             return
         for name, value in values.items():
             self._writer.add_scalar(f"{prefix}/{name}", float(value), step)
+        row = {"step": int(step), "split": prefix, "time": time.time()}
+        row.update({name: float(value) for name, value in values.items()})
+        self._jsonl.write(json.dumps(row) + "\n")
 
     def image(self, step: int, name: str, image: np.ndarray) -> None:
         if self._writer is not None:
@@ -34,6 +42,7 @@ class MetricWriter:
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            self._jsonl.close()
 
 
 def make_grid(images: np.ndarray, texts: Sequence[str] | None = None, columns: int | None = None,

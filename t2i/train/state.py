@@ -58,7 +58,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule,
     def train_step(state: TrainState, batch: dict, rng: jax.Array):
         step_rng = jax.random.fold_in(rng, state.step)
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_rng)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = ema_decay_at(state.step, ema_decay)
@@ -80,8 +80,8 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation, schedule,
         metrics.update(
             loss=loss,
             grad_norm=grad_norm,
-            param_norm=optax.global_norm(state.params),
-            update_norm=optax.global_norm(updates),
+            param_norm=optax.tree.norm(state.params),
+            update_norm=optax.tree.norm(updates),
             learning_rate=schedule(state.step),
             skipped=(~finite).astype(jnp.int32),
         )

@@ -124,6 +124,30 @@ def evaluate(task, params, config: ml_collections.ConfigDict, mesh, eval_fn=None
     return {name: num / max(den, 1.0) for name, (num, den) in totals.items()}
 
 
+def abstract_train_state(task, tx, mesh, rng):
+    """(abstract state, shardings) without allocating anything (CONVENTIONS 7)."""
+    abstract_boxed = jax.eval_shape(lambda key: create_state(task.init(key), tx), rng)
+    return strip_boxes(abstract_boxed), tree_shardings(abstract_boxed, mesh)
+
+
+def init_train_state(task, tx, shardings, rng) -> TrainState:
+    """Initialises the state directly into its shards: no unsharded copy ever exists."""
+    return jax.jit(lambda key: strip_boxes(create_state(task.init(key), tx)), out_shardings=shardings)(rng)
+
+
+def compile_train_step(step_fn, shardings, mesh, state, batch, rng):
+    """Jits the step with explicit shardings and donation, compiled ahead of time."""
+    batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in batch.items()}
+    replicated = NamedSharding(mesh, PartitionSpec())
+    jitted = jax.jit(
+        step_fn,
+        in_shardings=(shardings, batch_shardings, replicated),
+        out_shardings=(shardings, replicated),
+        donate_argnums=(0,),
+    )
+    return jitted.lower(state, batch, rng).compile()
+
+
 def train(config: ml_collections.ConfigDict, workdir: str, *, interrupt_at_step: int | None = None,
           progress: bool = True) -> TrainResult:
     """Trains `config.task` until `config.train.num_steps`, resuming from `workdir`.
@@ -139,7 +163,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, interrupt_at_step:
     tx, schedule = make_optimizer(config.optimizer, total_steps)
     mesh = create_mesh(dict(config.mesh))
     os.makedirs(workdir, exist_ok=True)
-    writer = train_logging.MetricWriter(os.path.join(workdir, "tensorboard"), enabled=jax.process_index() == 0)
+    writer = train_logging.MetricWriter(workdir, enabled=jax.process_index() == 0)
     checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=train_cfg.keep_checkpoints,
                                 async_save=train_cfg.async_checkpoints)
     config_json = config_lib.to_json(config)
@@ -150,12 +174,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, interrupt_at_step:
         rng = jax.random.key(config.seed)
         init_rng, train_rng = jax.random.split(rng)
 
-        def init_state(key):
-            return create_state(task.init(key), tx)
-
-        abstract_boxed = jax.eval_shape(init_state, init_rng)
-        shardings = tree_shardings(abstract_boxed, mesh)
-        abstract_state = strip_boxes(abstract_boxed)
+        abstract_state, shardings = abstract_train_state(task, tx, mesh, init_rng)
         iterator = pipeline.train_iterator(config.data, config.data.batch_size, config.data.seed, task.transform)
 
         start_step = checkpointer.latest_step()
@@ -163,12 +182,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, interrupt_at_step:
             state = checkpointer.restore(start_step, abstract_like(abstract_state, shardings), iterator)
             log.info("resumed from %s at step %d", checkpointer.directory, start_step)
         else:
-            state = jax.jit(lambda key: strip_boxes(init_state(key)), out_shardings=shardings)(init_rng)
+            state = init_train_state(task, tx, shardings, init_rng)
             start_step = 0
         num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
         log.info("%s: %.2fM parameters on mesh %s", config.task, num_params / 1e6, dict(mesh.shape))
 
-        replicated = NamedSharding(mesh, PartitionSpec())
         step_fn = make_train_step(task.loss, tx, schedule, train_cfg.ema_decay)
         jitted_step = None
         eval_fn = jax.jit(task.eval_step) if task.has_eval else None
@@ -195,16 +213,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, interrupt_at_step:
             while step < total_steps:
                 batch = global_batch(next(iterator), mesh)
                 if jitted_step is None:
-                    batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in batch.items()}
-                    jitted_step = jax.jit(
-                        step_fn,
-                        in_shardings=(shardings, batch_shardings, replicated),
-                        out_shardings=(shardings, replicated),
-                        donate_argnums=(0,),
-                    )
-                    compiled = jitted_step.lower(state, batch, train_rng).compile()
-                    tqdm.write(f"compiled train step: {describe_compiled(compiled)}")
-                    jitted_step = compiled
+                    jitted_step = compile_train_step(step_fn, shardings, mesh, state, batch, train_rng)
+                    tqdm.write(f"compiled train step: {describe_compiled(jitted_step)}")
                 state, metrics = jitted_step(state, batch, train_rng)
                 step += 1
                 pending.append(metrics)
@@ -221,6 +231,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, interrupt_at_step:
                     writer.scalars(step, means)
                     history.append({"step": step, **means})
                     bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
+                    if not progress and jax.process_index() == 0:
+                        print(f"step {step}: loss {means['loss']:.4f}, {means['steps_per_second']:.2f} steps/s",
+                              flush=True)
                     in_a_row = int(jax.device_get(state.nonfinite_in_a_row))
                     if in_a_row >= train_cfg.max_nonfinite_in_a_row:
                         raise TrainingDiverged(

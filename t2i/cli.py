@@ -1,0 +1,234 @@
+"""`t2i train | sample | eval | data`: one argparse CLI for every family.
+
+Every user mistake (a missing data set, an unknown config key, an empty prompts file,
+an unwritable folder) ends as one line `t2i: error: ...` and exit code 2, before any
+output is written. A training run stopped by SIGTERM/SIGINT saves a checkpoint and
+exits with 128 + the signal number (143, 130), so `t2i train && ...` does not go on
+with a half-trained model; rerunning the same command resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+
+from t2i.errors import UsageError
+
+
+def ensure_writable_dir(path: str) -> str:
+    """Creates `path` if needed and proves it is writable, or raises a UsageError."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".t2i_write_test"):
+            pass
+    except OSError as error:
+        raise UsageError(f"cannot write to output folder {path}: {error.strerror or error}") from None
+    return path
+
+
+def read_prompts(path: str) -> list[str]:
+    if not os.path.isfile(path):
+        raise UsageError(f"prompts file not found: {path}")
+    with open(path, encoding="utf-8") as f:
+        prompts = [line.strip() for line in f if line.strip()]
+    if not prompts:
+        raise UsageError(f"prompts file is empty: {path}")
+    return prompts
+
+
+# ----------------------------------------------------------------------------- train
+def _cmd_train(args, overrides) -> int:
+    from t2i import config as config_lib
+
+    config = config_lib.load_config(args.config, overrides)
+    ensure_writable_dir(args.workdir)
+    from t2i.data import pipeline
+    from t2i.train.trainer import TrainingDiverged, train
+
+    pipeline.data_source(config.data, config.data.split)  # a missing data set fails here, in one line
+    try:
+        result = train(config, args.workdir, progress=not args.no_progress)
+    except TrainingDiverged as error:
+        print(f"t2i: error: {error}", file=sys.stderr)
+        return 1
+    if result.stopped_by:
+        return 128 + int(getattr(signal, result.stopped_by))
+    if result.eval_metrics:
+        print(json.dumps({"step": int(result.state.step), **result.eval_metrics}, indent=1, sort_keys=True))
+    return 0
+
+
+# ---------------------------------------------------------------------------- sample
+def _cmd_sample(args, overrides) -> int:
+    from t2i.sampling import run_pipeline
+
+    if overrides:
+        raise UsageError(f"unexpected arguments: {' '.join(overrides)}")
+    if (args.prompt is None) == (args.prompts is None):
+        raise UsageError("give exactly one of --prompt TEXT or --prompts FILE")
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
+    ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)) or ".")
+    manifest = run_pipeline(args.pipeline, prompts, args.out, seed=args.seed, size=args.size)
+    print(f"wrote {len(prompts)} images and {manifest}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ eval
+def _cmd_eval(args, overrides) -> int:
+    if overrides:
+        raise UsageError(f"unexpected arguments: {' '.join(overrides)}")
+    from t2i.evaluation import shapes_eval
+
+    report = shapes_eval.evaluate_manifest(args.manifest)
+    print(shapes_eval.format_table(report))
+    payload = shapes_eval.report_to_json(report)
+    print(json.dumps(payload, sort_keys=True))
+    if args.json:
+        ensure_writable_dir(os.path.dirname(os.path.abspath(args.json)))
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(payload, f, indent=1, sort_keys=True)
+        os.replace(tmp, args.json)
+    return 0
+
+
+# ------------------------------------------------------------------------------ data
+def _cmd_data_build(args, overrides) -> int:
+    if overrides:
+        raise UsageError(f"unexpected arguments: {' '.join(overrides)}")
+    from t2i.data import shapes_tfds
+
+    name = args.builder_config
+    sizes = dict(train=args.train_size, validation=args.validation_size, test=args.test_size,
+                 heldout=args.heldout_size)
+    if any(v is not None for v in sizes.values()) or args.resolutions:
+        base_sizes, base_res = shapes_tfds.PRESETS.get(name, shapes_tfds.PRESETS["default"])
+        sizes = {k: (v if v is not None else base_sizes[k]) for k, v in sizes.items()}
+        resolutions = tuple(int(r) for r in args.resolutions.split(",")) if args.resolutions else base_res
+        name = shapes_tfds.custom_name(sizes, resolutions)
+    shapes_tfds.config_from_name(name)  # validate before touching the disk
+    ensure_writable_dir(args.data_dir)
+    built = shapes_tfds.build(name, args.data_dir)
+    print(f"shapes/{name} ready in {built.data_path}")
+    print(f"train with: --config.data.builder_config={name} --config.data.data_dir={args.data_dir}")
+    return 0
+
+
+def _cmd_data_preview(args, overrides) -> int:
+    if overrides:
+        raise UsageError(f"unexpected arguments: {' '.join(overrides)}")
+    from t2i.data.preview import write_preview
+
+    ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)) or ".")
+    manifest = write_preview(args.split, args.num, args.size, args.out)
+    print(f"wrote {args.num} examples and {manifest}")
+    return 0
+
+
+def _cmd_data_tokenizer(args, overrides) -> int:
+    if overrides:
+        raise UsageError(f"unexpected arguments: {' '.join(overrides)}")
+    from t2i.text.tokenizer import train_sentencepiece
+
+    ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)) or ".")
+    captions = args.captions
+    if captions is None:  # Shapes captions of the train split
+        from t2i.data import shapes
+
+        fd, captions = tempfile.mkstemp(suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            for i in range(args.num_captions):
+                f.write(shapes.scene_for("train", i).caption + "\n")
+    path = train_sentencepiece(captions, args.out, vocab_size=args.vocab_size, model_type=args.model_type)
+    print(f"wrote {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------------ main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="t2i", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--verbose", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("train", help="train a model from a config",
+                            description="Train from a config; resumes from --workdir if it holds checkpoints. "
+                                        "Override any config key with --config.key=value.")
+    p.add_argument("--config", required=True, help="configs/x.py or configs/x.py:arg")
+    p.add_argument("--workdir", required=True, help="checkpoints, TensorBoard logs and sample grids go here")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_train)
+
+    p = commands.add_parser("sample", help="generate images for prompts",
+                            description="Generate one image per prompt; writes PNGs and manifest.jsonl.")
+    p.add_argument("--pipeline", default="oracle", help="which sampler (oracle: renders a scene the prompt asks for)")
+    p.add_argument("--prompt", help="one prompt")
+    p.add_argument("--prompts", help="a text file with one prompt per line")
+    p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", type=int, default=64, help="image side in pixels")
+    p.set_defaults(handler=_cmd_sample)
+
+    p = commands.add_parser("eval", help="score images against their prompts")
+    evals = p.add_subparsers(dest="eval_kind", required=True)
+    e = evals.add_parser("shapes", help="GenEval-style Shapes score of a manifest",
+                         description="Scores a manifest.jsonl ({prompt, image} lines) or a folder holding one.")
+    e.add_argument("manifest", help="manifest.jsonl or a folder with one")
+    e.add_argument("--json", help="also write the report as JSON here")
+    e.set_defaults(handler=_cmd_eval)
+
+    p = commands.add_parser("data", help="build and inspect data sets")
+    data = p.add_subparsers(dest="data_command", required=True)
+    d = data.add_parser("build", help="render a data set into TFDS array_record files")
+    d.add_argument("name", choices=["shapes"])
+    d.add_argument("--builder_config", default="default", help="default | small | tiny (see t2i/data/shapes_tfds.py)")
+    d.add_argument("--data_dir", default="data/tfds")
+    for split in ("train", "validation", "test", "heldout"):
+        d.add_argument(f"--{split}_size", type=int, default=None, help=f"examples in {split} (overrides the preset)")
+    d.add_argument("--resolutions", default=None, help="comma-separated sides, e.g. 32,64")
+    d.set_defaults(handler=_cmd_data_build)
+
+    d = data.add_parser("preview", help="write examples of a split as PNGs with manifest.jsonl")
+    d.add_argument("--split", default="train")
+    d.add_argument("--num", type=int, default=16)
+    d.add_argument("--size", type=int, default=64)
+    d.add_argument("--out", required=True)
+    d.set_defaults(handler=_cmd_data_preview)
+
+    d = data.add_parser("tokenizer", help="train a sentencepiece model on a caption file")
+    d.add_argument("--captions", default=None, help="one caption per line (default: Shapes train captions)")
+    d.add_argument("--num_captions", type=int, default=20_000, help="Shapes captions to use without --captions")
+    d.add_argument("--out", required=True, help="model prefix, e.g. t2i/assets/shapes_spm")
+    d.add_argument("--vocab_size", type=int, default=256)
+    d.add_argument("--model_type", default="bpe", choices=["bpe", "unigram"])
+    d.set_defaults(handler=_cmd_data_tokenizer)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    overrides = [a for a in rest if a.startswith("--config.")]
+    unknown = [a for a in rest if not a.startswith("--config.")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s: %(message)s")
+    if not args.verbose:
+        logging.getLogger("t2i").setLevel(logging.INFO)
+        logging.getLogger("absl").setLevel(logging.ERROR)
+    try:
+        return args.handler(args, overrides)
+    except (UsageError, ValueError, FileNotFoundError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"t2i: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Test setup: 8 fake CPU devices (before JAX starts), and one tiny Shapes build."""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+import jax  # noqa: E402
+
+jax.config.update("jax_num_cpu_devices", 8)
+
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory):
+    """The `tiny` Shapes builder config (512/128/128/128 at 16, 32, 64 px), built once."""
+    from t2i.data import shapes_tfds
+
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    shapes_tfds.build("tiny", data_dir)
+    return data_dir
+
+
+@pytest.fixture
+def tiny_config(tiny_data_dir):
+    """The classifier's tiny config, pointed at the tiny build; a fresh copy per test."""
+    from t2i.config import load_config
+
+    return load_config(os.path.join(REPO, "configs/shapes_classifier.py:tiny"),
+                       [f"data.data_dir={tiny_data_dir}"])
