@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from t2i.data import shapes
 from t2i.data.preview import write_preview
@@ -79,6 +80,15 @@ def test_noise_and_blank_images_score_near_zero(scenes, side):
     blank = detect(np.full((side, side, 3), shapes.BACKGROUND, np.uint8))
     assert blank == []
     assert not any(judge(parse_caption(scene.caption), blank)["overall"] for scene in scenes)
+
+
+def test_mildly_blurred_renders_still_score(scenes):
+    """Generated images are soft; blur must not turn triangles into circles."""
+    blurred = (
+        (scene.caption, np.clip(ndimage.gaussian_filter(render(scene, 32).astype(float), (0.7, 0.7, 0)),
+                                0, 255).round().astype(np.uint8))
+        for scene in scenes[::5])
+    assert scores(blurred).overall >= 0.97
 
 
 def test_mismatched_prompts_score_low(scenes):
