@@ -186,22 +186,40 @@ def _objects(identities, sizes, centres) -> tuple[ShapeObject, ...]:
     )
 
 
-def _sample_single(rng: np.random.Generator, heldout: bool) -> Scene:
-    (color, shape), = _draw_identities(rng, 1, heldout)
-    size = _pick(rng, tuple(SIZES))
-    size_named = bool(rng.random() < 0.5)
-    position = _pick(rng, POSITIONS) if rng.random() < 0.5 else ""
-    low, high = _bounds([SIZES[size]])
+def layout(rng: np.random.Generator, identities, sizes, position: str = "",
+           relation: str = "") -> tuple[ShapeObject, ...]:
+    """Places objects of the given (color, shape) identities and size names.
+
+    `position` (one object) keeps its centre in that 3x3 cell with CELL_MARGIN;
+    `relation` (two objects) makes "first <relation> second" hold with the
+    generator's margin. Used by the scene sampler and by anything that must draw a
+    scene for a given request (the oracle sampler).
+    """
+    radii = [SIZES[size] for size in sizes]
+    low, high = _bounds(radii)
+    accept = None
     if position:
         row, column = divmod(POSITIONS.index(position), 3)
         cell = np.array([[column, row]], np.float64)
         low = np.maximum(low, cell / 3 + CELL_MARGIN)
         high = np.minimum(high, (cell + 1) / 3 - CELL_MARGIN)
-    centres = _place(rng, [SIZES[size]], low, high)
+    if relation:
+        def accept(centres):
+            offset = centres[:, 1] - centres[:, 0]
+            return _relation_mask(offset[:, 0], offset[:, 1], relation,
+                                  GENERATOR_THRESHOLD, GENERATOR_DOMINANCE)
+    return _objects(identities, sizes, _place(rng, radii, low, high, accept=accept))
+
+
+def _sample_single(rng: np.random.Generator, heldout: bool) -> Scene:
+    (color, shape), = _draw_identities(rng, 1, heldout)
+    size = _pick(rng, tuple(SIZES))
+    size_named = bool(rng.random() < 0.5)
+    position = _pick(rng, POSITIONS) if rng.random() < 0.5 else ""
     caption = _noun_phrase(color, shape, size if size_named else "")
     if position:
         caption += f" in the {position}"
-    return Scene("single", caption, _objects([(color, shape)], [size], centres),
+    return Scene("single", caption, layout(rng, [(color, shape)], [size], position=position),
                  size_named=size_named, position=position)
 
 
@@ -209,27 +227,17 @@ def _sample_pair(rng: np.random.Generator, heldout: bool) -> Scene:
     identities = _draw_identities(rng, 2, heldout)
     relation = _pick(rng, RELATIONS)
     sizes = [_pick(rng, tuple(SIZES)) for _ in identities]
-    radii = [SIZES[size] for size in sizes]
-
-    def margin_holds(centres):
-        offset = centres[:, 1] - centres[:, 0]
-        return _relation_mask(offset[:, 0], offset[:, 1], relation,
-                              GENERATOR_THRESHOLD, GENERATOR_DOMINANCE)
-
-    centres = _place(rng, radii, *_bounds(radii), accept=margin_holds)
     (color_a, shape_a), (color_b, shape_b) = identities
     caption = f"{_noun_phrase(color_a, shape_a)} {relation} {_noun_phrase(color_b, shape_b)}"
-    return Scene("pair", caption, _objects(identities, sizes, centres), relation=relation)
+    return Scene("pair", caption, layout(rng, identities, sizes, relation=relation), relation=relation)
 
 
 def _sample_count(rng: np.random.Generator, heldout: bool) -> Scene:
     (color, shape), = _draw_identities(rng, 1, heldout)
     count = int(rng.integers(2, 4))
     sizes = [_pick(rng, tuple(SIZES)) for _ in range(count)]
-    radii = [SIZES[size] for size in sizes]
-    centres = _place(rng, radii, *_bounds(radii))
     caption = f"{COUNT_WORDS[count]} {color} {shape}s"
-    return Scene("count", caption, _objects([(color, shape)] * count, sizes, centres))
+    return Scene("count", caption, layout(rng, [(color, shape)] * count, sizes))
 
 
 _SAMPLERS = {"single": _sample_single, "pair": _sample_pair, "count": _sample_count}
