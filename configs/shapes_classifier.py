@@ -24,7 +24,8 @@ def get_config(arg=None):
 
     config.data = ml_collections.ConfigDict(
         dict(builder_config=args.get("data", "small"), data_dir="data/tfds", split="train",
-             batch_size=64, seed=0, num_threads=2, prefetch=4)
+             batch_size=64, seed=0, num_threads=2, prefetch=4,
+             tokenizer="", max_text_length=24)
     )
     config.model = ml_collections.ConfigDict(
         dict(resolution=32, widths=(32, 64), blocks_per_stage=2, stem_stride=2, dtype="float32", param_dtype="float32")

@@ -46,11 +46,11 @@ def _cmd_train(args, overrides) -> int:
     from t2i import config as config_lib
 
     config = config_lib.load_config(args.config, overrides)
-    ensure_writable_dir(args.workdir)
     from t2i.data import pipeline
     from t2i.train.trainer import TrainingDiverged, train
 
     pipeline.data_source(config.data, config.data.split)  # a missing data set fails here, in one line
+    ensure_writable_dir(args.workdir)
     try:
         result = train(config, args.workdir, progress=not args.no_progress)
     except TrainingDiverged as error:

@@ -61,6 +61,38 @@ def to_arrays(example: dict) -> dict:
     return out
 
 
+def text_transform(data: ml_collections.ConfigDict) -> Transform | None:
+    """Adds `tokens` int32 [L] and `text_mask` bool [L] when `data.tokenizer` is set.
+
+    `data.tokenizer` is "shapes" (the shipped model) or a path to any sentencepiece
+    model (T5's spiece.model included); `data.max_text_length` is L.
+    """
+    name = data.get("tokenizer", "")
+    if not name:
+        return None
+    from t2i.text.tokenizer import Tokenizer, default_shapes_tokenizer
+
+    length = int(data.max_text_length)
+    tokenizer = default_shapes_tokenizer(length) if name == "shapes" else Tokenizer(name, length)
+
+    def add_tokens(example: dict) -> dict:
+        ids, mask = tokenizer.encode([example["caption"]])
+        return {**example, "tokens": ids[0], "text_mask": mask[0]}
+
+    return add_tokens
+
+
+def _compose(*transforms: Transform | None) -> Transform:
+    chain = [t for t in transforms if t is not None]
+
+    def apply(example: dict) -> dict:
+        for transform in chain:
+            example = transform(example)
+        return example
+
+    return apply
+
+
 def _stack(rows: list[dict]) -> dict:
     return {key: np.stack([row[key] for row in rows]) for key in rows[0]}
 
@@ -77,9 +109,7 @@ def train_iterator(data: ml_collections.ConfigDict, global_batch_size: int, seed
     """Infinite, deterministic, checkpointable iterator of process-local batches."""
     dataset = grain.MapDataset.source(data_source(data, data.split)).shuffle(seed=seed).repeat()
     dataset = dataset[jax.process_index():: jax.process_count()]
-    dataset = dataset.map(to_arrays)
-    if transform is not None:
-        dataset = dataset.map(transform)
+    dataset = dataset.map(_compose(to_arrays, text_transform(data), transform))
     dataset = dataset.batch(per_process_batch_size(global_batch_size), drop_remainder=True, batch_fn=_stack)
     options = grain.ReadOptions(num_threads=int(data.num_threads), prefetch_buffer_size=int(data.prefetch))
     return iter(dataset.to_iter_dataset(options))
@@ -91,14 +121,13 @@ def eval_batches(data: ml_collections.ConfigDict, split: str, global_batch_size:
     source = data_source(data, split)
     total = len(source) if limit is None else min(limit, len(source))
     local = per_process_batch_size(global_batch_size)
-    process, count = jax.process_index(), jax.process_count()
+    process = jax.process_index()
+    prepare = _compose(to_arrays, text_transform(data), transform)
     for start in range(0, total, global_batch_size):
         rows, valid = [], []
         for i in range(start + process * local, start + (process + 1) * local):
-            index = min(i, total - 1)  # pad with a real example, masked out below
-            row = to_arrays(source[index])
-            rows.append(transform(row) if transform is not None else row)
-            valid.append(i < total)
+            rows.append(prepare(source[min(i, total - 1)]))  # pad with a real example...
+            valid.append(i < total)  # ...masked out here
         batch = _stack(rows)
         batch["valid"] = np.asarray(valid)
         yield batch

@@ -46,11 +46,12 @@ class MetricWriter:
 
 
 def make_grid(images: np.ndarray, texts: Sequence[str] | None = None, columns: int | None = None,
-              scale: int = 1, caption_lines: int = 3) -> np.ndarray:
-    """Tiles uint8 images [N, H, W, 3] into one image, each with its text beneath.
+              scale: int = 1, max_caption_lines: int = 6) -> np.ndarray:
+    """Tiles uint8 images [N, H, W, 3] into one image, each with its text beneath
+    (wrapped, at most `max_caption_lines` lines).
 
     Small images (Shapes at 32 px) are upscaled by `scale` with nearest neighbour so the
-    text fits; captions wrap over up to `caption_lines` lines.
+    text fits.
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[-1] != 3:
@@ -64,18 +65,18 @@ def make_grid(images: np.ndarray, texts: Sequence[str] | None = None, columns: i
     pad = 2
     font = ImageFont.load_default()
     line_height = 11
-    text_height = caption_lines * line_height if texts is not None else 0
+    chars_per_line = max(8, w // 6)
+    wrapped = [textwrap.wrap(str(t), chars_per_line)[:max_caption_lines] for t in texts] if texts is not None else []
+    text_height = max((len(lines) for lines in wrapped), default=0) * line_height
     cell_h, cell_w = h + text_height + pad, w + pad
     canvas = Image.new("RGB", (columns * cell_w + pad, rows * cell_h + pad), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
-    chars_per_line = max(8, w // 6)
     for i in range(n):
         row, col = divmod(i, columns)
         x, y = pad + col * cell_w, pad + row * cell_h
         canvas.paste(Image.fromarray(images[i].astype(np.uint8)), (x, y))
         if texts is not None:
-            lines = textwrap.wrap(str(texts[i]), chars_per_line)[:caption_lines]
-            for k, line in enumerate(lines):
+            for k, line in enumerate(wrapped[i]):
                 draw.text((x, y + h + k * line_height), line, fill=(0, 0, 0), font=font)
     return np.asarray(canvas)
 
