@@ -46,6 +46,9 @@ def _cmd_train(args, overrides) -> int:
     from t2i import config as config_lib
 
     config = config_lib.load_config(args.config, overrides)
+    from t2i.parallel.distributed import maybe_initialize
+
+    maybe_initialize()  # before any device is touched; a no-op on one host
     from t2i.data import pipeline
     from t2i.train.trainer import TrainingDiverged, train
 
@@ -67,8 +70,6 @@ def _cmd_train(args, overrides) -> int:
 def _cmd_sample(args, overrides) -> int:
     from t2i.sampling import run_pipeline
 
-    if overrides:
-        raise UsageError(f"unexpected arguments: {' '.join(overrides)}")
     if (args.prompt is None) == (args.prompts is None):
         raise UsageError("give exactly one of --prompt TEXT or --prompts FILE")
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
@@ -80,8 +81,6 @@ def _cmd_sample(args, overrides) -> int:
 
 # ------------------------------------------------------------------------------ eval
 def _cmd_eval(args, overrides) -> int:
-    if overrides:
-        raise UsageError(f"unexpected arguments: {' '.join(overrides)}")
     from t2i.evaluation import shapes_eval
 
     report = shapes_eval.evaluate_manifest(args.manifest)
@@ -99,8 +98,6 @@ def _cmd_eval(args, overrides) -> int:
 
 # ------------------------------------------------------------------------------ data
 def _cmd_data_build(args, overrides) -> int:
-    if overrides:
-        raise UsageError(f"unexpected arguments: {' '.join(overrides)}")
     from t2i.data import shapes_tfds
 
     name = args.builder_config
@@ -120,8 +117,6 @@ def _cmd_data_build(args, overrides) -> int:
 
 
 def _cmd_data_preview(args, overrides) -> int:
-    if overrides:
-        raise UsageError(f"unexpected arguments: {' '.join(overrides)}")
     from t2i.data.preview import write_preview
 
     ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)) or ".")
@@ -131,8 +126,6 @@ def _cmd_data_preview(args, overrides) -> int:
 
 
 def _cmd_data_tokenizer(args, overrides) -> int:
-    if overrides:
-        raise UsageError(f"unexpected arguments: {' '.join(overrides)}")
     from t2i.text.tokenizer import train_sentencepiece
 
     ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)) or ".")
@@ -213,8 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    overrides = [a for a in rest if a.startswith("--config.")]
-    unknown = [a for a in rest if not a.startswith("--config.")]
+    takes_overrides = args.handler is _cmd_train  # only `train` reads a config
+    overrides = [a for a in rest if a.startswith("--config.")] if takes_overrides else []
+    unknown = [a for a in rest if a not in overrides]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
