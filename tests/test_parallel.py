@@ -41,20 +41,35 @@ def _one_step(config, mesh):
         return jax.device_get(new_state.params), float(metrics["loss"]), specs
 
 
+@pytest.fixture(scope="module")
+def single_device_step(tiny_data_dir):
+    """The reference: the same step on one device, computed once for all layouts."""
+    config = _comparable_config(tiny_data_dir)
+    return _one_step(config, create_mesh({"data": 1}, jax.devices()[:1]))
+
+
+def _comparable_config(tiny_data_dir):
+    from conftest import REPO
+    from t2i.config import load_config
+
+    config = load_config(f"{REPO}/configs/shapes_classifier.py:tiny", [f"data.data_dir={tiny_data_dir}"])
+    config.optimizer.warmup_steps = 0  # a real update on the first step
+    # Adam's first update is g / (|g| + eps): with a tiny eps, gradients that are zero up
+    # to summation order (1e-12 vs 0) become full-size updates of opposite sign. A larger
+    # eps keeps the comparison about sharding, not about float reduction order.
+    config.optimizer.eps = 1e-4
+    return config
+
+
 @pytest.mark.parametrize(
     "layout, sharded_axis",
     [({"data": 8}, None), ({"fsdp": 8}, "fsdp"), ({"data": 4, "tensor": 2}, "tensor"),
      ({"data": 2, "fsdp": 2, "tensor": 2}, "tensor")],
 )
-def test_sharded_step_matches_single_device(tiny_config, layout, sharded_axis):
+def test_sharded_step_matches_single_device(tiny_data_dir, single_device_step, layout, sharded_axis):
     assert len(jax.devices()) == 8
-    tiny_config.optimizer.warmup_steps = 0  # a real update on the first step
-    # Adam's first update is g / (|g| + eps): with a tiny eps, gradients that are zero up
-    # to summation order (1e-12 vs 0) become full-size updates of opposite sign. A larger
-    # eps keeps the comparison about sharding, not about float reduction order.
-    tiny_config.optimizer.eps = 1e-4
-    reference_params, reference_loss, _ = _one_step(tiny_config, create_mesh({"data": 1}, jax.devices()[:1]))
-    params, loss, specs = _one_step(tiny_config, create_mesh(layout))
+    reference_params, reference_loss, _ = single_device_step
+    params, loss, specs = _one_step(_comparable_config(tiny_data_dir), create_mesh(layout))
     assert np.isclose(loss, reference_loss, rtol=1e-5, atol=1e-6), (loss, reference_loss)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), params, reference_params)
     if sharded_axis:  # the layout really split some weights

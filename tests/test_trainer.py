@@ -46,7 +46,12 @@ def test_resumed_run_reproduces_uninterrupted_losses(tiny_config, tmp_path):
 def test_restore_onto_a_different_mesh(tiny_config, tmp_path):
     tiny_config.mesh.data = 8
     tiny_config.train.num_steps = 3
+    tiny_config.train.checkpoint_every = 1
+    tiny_config.train.keep_checkpoints = 2
+    tiny_config.train.sample_every = 3
     saved = train(tiny_config, str(tmp_path), progress=False)
+    assert sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()) == [2, 3]  # keep-N
+    assert os.listdir(tmp_path / "samples") == ["step_0000003.png"]  # the periodic grid
     tiny_config.mesh.data = 2
     tiny_config.mesh.fsdp = 2
     tiny_config.mesh.tensor = 2

@@ -257,7 +257,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, interrupt_at_step:
                 if checkpointer.latest_step() != step:
                     save(step, force=True)
                 run_eval(step)
-                if task.has_visualize and train_cfg.sample_every:
+                if task.has_visualize and train_cfg.sample_every and step % train_cfg.sample_every:
                     _write_samples(task, state, config, mesh, workdir, writer, step, train_rng)
         finally:
             bar.close()
