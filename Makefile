@@ -30,6 +30,8 @@ demo: data
 	  --config.data.data_dir=$(DATA_DIR)
 
 test: install
+	$(BIN)/ruff check t2i tests configs benchmarks setup.py
+	$(BIN)/ruff format --check --quiet t2i tests configs benchmarks setup.py
 	$(BIN)/python -m pytest
 
 clean:

@@ -45,8 +45,17 @@ def main() -> None:
         detect = _median_seconds(lambda: [shapes_eval.detect(im) for im in images], 5) / len(images)
         print(f"S={size}: render {render * 1e3:.2f} ms/image, detect {detect * 1e3:.2f} ms/image")
 
-    data = ml_collections.ConfigDict(dict(builder_config=args.builder_config, data_dir=args.data_dir, split="train",
-                                          num_threads=2, prefetch=4, tokenizer="", max_text_length=24))
+    data = ml_collections.ConfigDict(
+        dict(
+            builder_config=args.builder_config,
+            data_dir=args.data_dir,
+            split="train",
+            num_threads=2,
+            prefetch=4,
+            tokenizer="",
+            max_text_length=24,
+        )
+    )
     iterator = pipeline.train_iterator(data, 64, seed=0)
     next(iterator)
     per_batch = _median_seconds(lambda: [next(iterator) for _ in range(20)], 5) / 20
@@ -61,9 +70,10 @@ def main() -> None:
         report = shapes_eval.evaluate(items)
         per_kind = ", ".join(f"{k} {v:.1%}" for k, v in report.per_kind.items())
         print(f"evaluator on ground truth, S={size}: overall {report.overall:.2%} ({per_kind})")
-        noise = [(p, rng.integers(0, 256, im.shape, dtype=np.uint8)) for p, im in items[:: 10]]
-        blank = [(p, np.full_like(im, 232)) for p, im in items[:: 10]]
-        print(f"  uniform noise {shapes_eval.evaluate(noise).overall:.2%}, blank {shapes_eval.evaluate(blank).overall:.2%}")
+        noise = [(p, rng.integers(0, 256, im.shape, dtype=np.uint8)) for p, im in items[::10]]
+        blank = [(p, np.full_like(im, 232)) for p, im in items[::10]]
+        noise_score, blank_score = shapes_eval.evaluate(noise).overall, shapes_eval.evaluate(blank).overall
+        print(f"  uniform noise {noise_score:.2%}, blank {blank_score:.2%}")
 
 
 if __name__ == "__main__":

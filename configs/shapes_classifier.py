@@ -23,9 +23,17 @@ def get_config(arg=None):
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
     config.data = ml_collections.ConfigDict(
-        dict(builder_config=args.get("data", "small"), data_dir="data/tfds", split="train",
-             batch_size=64, seed=0, num_threads=2, prefetch=4,
-             tokenizer="", max_text_length=24)
+        dict(
+            builder_config=args.get("data", "small"),
+            data_dir="data/tfds",
+            split="train",
+            batch_size=64,
+            seed=0,
+            num_threads=2,
+            prefetch=4,
+            tokenizer="",
+            max_text_length=24,
+        )
     )
     config.model = ml_collections.ConfigDict(
         dict(resolution=32, widths=(32, 64), blocks_per_stage=2, stem_stride=2, dtype="float32", param_dtype="float32")

@@ -101,8 +101,7 @@ def _cmd_data_build(args, overrides) -> int:
     from t2i.data import shapes_tfds
 
     name = args.builder_config
-    sizes = dict(train=args.train_size, validation=args.validation_size, test=args.test_size,
-                 heldout=args.heldout_size)
+    sizes = dict(train=args.train_size, validation=args.validation_size, test=args.test_size, heldout=args.heldout_size)
     if any(v is not None for v in sizes.values()) or args.resolutions:
         base_sizes, base_res = shapes_tfds.PRESETS.get(name, shapes_tfds.PRESETS["default"])
         sizes = {k: (v if v is not None else base_sizes[k]) for k, v in sizes.items()}
@@ -148,16 +147,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    p = commands.add_parser("train", help="train a model from a config",
-                            description="Train from a config; resumes from --workdir if it holds checkpoints. "
-                                        "Override any config key with --config.key=value.")
+    p = commands.add_parser(
+        "train",
+        help="train a model from a config",
+        description="Train from a config; resumes from --workdir if it holds checkpoints. "
+        "Override any config key with --config.key=value.",
+    )
     p.add_argument("--config", required=True, help="configs/x.py or configs/x.py:arg")
     p.add_argument("--workdir", required=True, help="checkpoints, TensorBoard logs and sample grids go here")
     p.add_argument("--no_progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=_cmd_train)
 
-    p = commands.add_parser("sample", help="generate images for prompts",
-                            description="Generate one image per prompt; writes PNGs and manifest.jsonl.")
+    p = commands.add_parser(
+        "sample",
+        help="generate images for prompts",
+        description="Generate one image per prompt; writes PNGs and manifest.jsonl.",
+    )
     p.add_argument("--pipeline", default="oracle", help="which sampler (oracle: renders a scene the prompt asks for)")
     p.add_argument("--prompt", help="one prompt")
     p.add_argument("--prompts", help="a text file with one prompt per line")
@@ -168,8 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("eval", help="score images against their prompts")
     evals = p.add_subparsers(dest="eval_kind", required=True)
-    e = evals.add_parser("shapes", help="GenEval-style Shapes score of a manifest",
-                         description="Scores a manifest.jsonl ({prompt, image} lines) or a folder holding one.")
+    e = evals.add_parser(
+        "shapes",
+        help="GenEval-style Shapes score of a manifest",
+        description="Scores a manifest.jsonl ({prompt, image} lines) or a folder holding one.",
+    )
     e.add_argument("manifest", help="manifest.jsonl or a folder with one")
     e.add_argument("--json", help="also write the report as JSON here")
     e.set_defaults(handler=_cmd_eval)
@@ -211,8 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in rest if a not in overrides]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s: %(message)s"
+    )
     if not args.verbose:
         logging.getLogger("t2i").setLevel(logging.INFO)
         logging.getLogger("absl").setLevel(logging.ERROR)

@@ -65,9 +65,7 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
     except (ValueError, SyntaxError):
         if current is None:
             return text
-        raise UsageError(
-            f"bad value for config key '{key}': expected {type(current).__name__}, got '{text}'"
-        ) from None
+        raise UsageError(f"bad value for config key '{key}': expected {type(current).__name__}, got '{text}'") from None
     if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(current, (tuple, list)) and not isinstance(value, (tuple, list)):
@@ -78,9 +76,7 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
         if isinstance(current, (int, float)) and isinstance(value, bool):
             pass
         else:
-            raise UsageError(
-                f"bad value for config key '{key}': expected {type(current).__name__}, got '{text}'"
-            )
+            raise UsageError(f"bad value for config key '{key}': expected {type(current).__name__}, got '{text}'")
     return value
 
 
@@ -120,7 +116,7 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
         raise UsageError(f"config {spec}: bad argument '{arg}': {error}") from None
     config.lock()
     for item in overrides:
-        item = item[len("--config."):] if item.startswith("--config.") else item
+        item = item[len("--config.") :] if item.startswith("--config.") else item
         if "=" not in item:
             raise UsageError(f"config override '{item}' must be key=value")
         key, text = item.split("=", 1)

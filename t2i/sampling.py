@@ -40,14 +40,14 @@ def oracle_pipeline(prompts: Sequence[str], seed: int, size: int) -> tuple[np.nd
         request = parse_caption(prompt)
         rng = np.random.default_rng([seed, index])
         if request.kind == "single":
-            (color, shape, size_name), = request.objects
+            ((color, shape, size_name),) = request.objects
             sizes = [size_name or _random_size(rng)]
             identities = [(color, shape)]
         elif request.kind == "pair":
             identities = [(c, s) for c, s, _ in request.objects]
             sizes = [_random_size(rng) for _ in identities]
         else:
-            (color, shape, _), = request.objects
+            ((color, shape, _),) = request.objects
             identities = [(color, shape)] * request.count
             sizes = [_random_size(rng) for _ in identities]
         objects = shapes.layout(rng, identities, sizes, position=request.position, relation=request.relation)
@@ -74,8 +74,12 @@ def run_pipeline(name: str, prompts: Sequence[str], out_dir: str, seed: int = 0,
             for index, (prompt, image) in enumerate(zip(prompts, images)):
                 filename = f"{index:05d}.png"
                 Image.fromarray(image).save(os.path.join(staging, filename))
-                manifest.write(json.dumps({"prompt": prompt, "image": filename, "seed": seed, "index": index,
-                                           "settings": settings}) + "\n")
+                manifest.write(
+                    json.dumps(
+                        {"prompt": prompt, "image": filename, "seed": seed, "index": index, "settings": settings}
+                    )
+                    + "\n"
+                )
         if os.path.isdir(out_dir):
             os.rmdir(out_dir)  # empty, checked above
         os.replace(staging, out_dir)

@@ -27,5 +27,4 @@ def tiny_config(tiny_data_dir):
     """The classifier's tiny config, pointed at the tiny build; a fresh copy per test."""
     from t2i.config import load_config
 
-    return load_config(os.path.join(REPO, "configs/shapes_classifier.py:tiny"),
-                       [f"data.data_dir={tiny_data_dir}"])
+    return load_config(os.path.join(REPO, "configs/shapes_classifier.py:tiny"), [f"data.data_dir={tiny_data_dir}"])

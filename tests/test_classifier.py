@@ -10,8 +10,7 @@ from t2i.tasks import get_task
 
 
 def _batch(config, n=64):
-    return {k: jnp.asarray(v) for k, v in next(pipeline.eval_batches(config.data, "test", n)).items()
-            if k != "caption"}
+    return {k: jnp.asarray(v) for k, v in next(pipeline.eval_batches(config.data, "test", n)).items() if k != "caption"}
 
 
 def test_grid_targets_mark_each_centre_once(tiny_config):
@@ -39,8 +38,9 @@ def _oracle_outputs(batch, grid=8, color_shift=0):
         "color": jax.nn.one_hot((take(batch["color"]) + color_shift) % 6, 6) * 10,
         "shape": jax.nn.one_hot(take(batch["shape"]), 3) * 10,
         "size": jax.nn.one_hot(take(batch["size"]), 2) * 10,
-        "offset": jnp.stack([take(batch["cx"]) * grid - cells[None, None, :],
-                             take(batch["cy"]) * grid - cells[None, :, None]], -1),
+        "offset": jnp.stack(
+            [take(batch["cx"]) * grid - cells[None, None, :], take(batch["cy"]) * grid - cells[None, :, None]], -1
+        ),
     }
     return out
 

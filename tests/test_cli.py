@@ -6,16 +6,17 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO
 
 from t2i.cli import main
-
-from conftest import REPO
 
 CONFIG = os.path.join(REPO, "configs/shapes_classifier.py:tiny")
 
 
-@pytest.mark.parametrize("command", [[], ["train"], ["sample"], ["eval", "shapes"], ["data", "build"],
-                                     ["data", "preview"], ["data", "tokenizer"]])
+@pytest.mark.parametrize(
+    "command",
+    [[], ["train"], ["sample"], ["eval", "shapes"], ["data", "build"], ["data", "preview"], ["data", "tokenizer"]],
+)
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as info:
         main(command + ["--help"])
@@ -33,15 +34,21 @@ def _error(capsys, argv):
 
 def test_train_errors(capsys, tmp_path, tiny_data_dir):
     assert "data set shapes/tiny not found" in _error(
-        capsys, ["train", "--config", CONFIG, "--workdir", str(tmp_path / "w"), f"--config.data.data_dir={tmp_path}/none"])
+        capsys,
+        ["train", "--config", CONFIG, "--workdir", str(tmp_path / "w"), f"--config.data.data_dir={tmp_path}/none"],
+    )
     assert "unknown config key 'train.num_step'" in _error(
-        capsys, ["train", "--config", CONFIG, "--workdir", str(tmp_path / "w"), "--config.train.num_step=3"])
+        capsys, ["train", "--config", CONFIG, "--workdir", str(tmp_path / "w"), "--config.train.num_step=3"]
+    )
     assert "bad value for config key 'data.batch_size'" in _error(
-        capsys, ["train", "--config", CONFIG, "--workdir", str(tmp_path / "w"), "--config.data.batch_size=x"])
+        capsys, ["train", "--config", CONFIG, "--workdir", str(tmp_path / "w"), "--config.data.batch_size=x"]
+    )
     blocker = tmp_path / "file"
     blocker.write_text("")
     assert "cannot write to output folder" in _error(
-        capsys, ["train", "--config", CONFIG, "--workdir", str(blocker / "w"), f"--config.data.data_dir={tiny_data_dir}"])
+        capsys,
+        ["train", "--config", CONFIG, "--workdir", str(blocker / "w"), f"--config.data.data_dir={tiny_data_dir}"],
+    )
     assert not (tmp_path / "w").exists()
 
 
@@ -49,17 +56,24 @@ def test_sample_errors_write_nothing(capsys, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
     assert "prompts file is empty" in _error(capsys, ["sample", "--prompts", str(empty), "--out", str(tmp_path / "o")])
-    assert "prompts file not found" in _error(capsys, ["sample", "--prompts", str(tmp_path / "x"), "--out", str(tmp_path / "o")])
+    assert "prompts file not found" in _error(
+        capsys, ["sample", "--prompts", str(tmp_path / "x"), "--out", str(tmp_path / "o")]
+    )
     assert "cannot parse caption: 'a blue cat'" in _error(
-        capsys, ["sample", "--prompt", "a blue cat", "--out", str(tmp_path / "o")])
+        capsys, ["sample", "--prompt", "a blue cat", "--out", str(tmp_path / "o")]
+    )
     blocker = tmp_path / "file"
     blocker.write_text("")
-    assert "cannot write to output folder" in _error(capsys, ["sample", "--prompt", "a red circle", "--out", str(blocker / "o")])
+    assert "cannot write to output folder" in _error(
+        capsys, ["sample", "--prompt", "a red circle", "--out", str(blocker / "o")]
+    )
     assert sorted(os.listdir(tmp_path)) == ["empty.txt", "file"]
 
 
 def test_preview_sample_and_eval_round_trip(capsys, tmp_path):
-    assert main(["data", "preview", "--split", "test", "--num", "30", "--size", "32", "--out", str(tmp_path / "pv")]) == 0
+    assert (
+        main(["data", "preview", "--split", "test", "--num", "30", "--size", "32", "--out", str(tmp_path / "pv")]) == 0
+    )
     rows = [json.loads(line) for line in open(tmp_path / "pv/manifest.jsonl")]
     assert len(rows) == 30 and set(rows[0]) >= {"prompt", "image", "scene"}
     prompts = tmp_path / "prompts.txt"
@@ -75,7 +89,11 @@ def test_preview_sample_and_eval_round_trip(capsys, tmp_path):
 
 def test_console_script_exit_code(tmp_path):
     """The installed entry point exits non-zero with one line on stderr."""
-    result = subprocess.run([sys.executable, "-m", "t2i.cli", "eval", "shapes", str(tmp_path / "none")],
-                            capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "t2i.cli", "eval", "shapes", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("t2i: error: ")

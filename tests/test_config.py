@@ -14,8 +14,10 @@ def test_parse_arg():
 
 
 def test_overrides_are_typed():
-    config = load_config(CONFIG + ":tiny", ["data.batch_size=16", "--config.optimizer.learning_rate=1",
-                                            "model.widths=(4,8)", "train.eval_ema=false"])
+    config = load_config(
+        CONFIG + ":tiny",
+        ["data.batch_size=16", "--config.optimizer.learning_rate=1", "model.widths=(4,8)", "train.eval_ema=false"],
+    )
     assert config.data.batch_size == 16
     assert config.optimizer.learning_rate == 1.0 and isinstance(config.optimizer.learning_rate, float)
     assert config.model.widths == (4, 8)

@@ -50,6 +50,7 @@ def single_device_step(tiny_data_dir):
 
 def _comparable_config(tiny_data_dir):
     from conftest import REPO
+
     from t2i.config import load_config
 
     config = load_config(f"{REPO}/configs/shapes_classifier.py:tiny", [f"data.data_dir={tiny_data_dir}"])
@@ -63,8 +64,12 @@ def _comparable_config(tiny_data_dir):
 
 @pytest.mark.parametrize(
     "layout, sharded_axis",
-    [({"data": 8}, None), ({"fsdp": 8}, "fsdp"), ({"data": 4, "tensor": 2}, "tensor"),
-     ({"data": 2, "fsdp": 2, "tensor": 2}, "tensor")],
+    [
+        ({"data": 8}, None),
+        ({"fsdp": 8}, "fsdp"),
+        ({"data": 4, "tensor": 2}, "tensor"),
+        ({"data": 2, "fsdp": 2, "tensor": 2}, "tensor"),
+    ],
 )
 def test_sharded_step_matches_single_device(tiny_data_dir, single_device_step, layout, sharded_axis):
     assert len(jax.devices()) == 8

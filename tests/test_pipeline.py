@@ -25,7 +25,8 @@ def test_build_holds_the_spec_scenes(tiny_data_dir):
 
 def test_config_names():
     assert shapes_tfds.config_from_name("custom_t10_v2_e3_h4_r32-64").split_sizes == dict(
-        train=10, validation=2, test=3, heldout=4)
+        train=10, validation=2, test=3, heldout=4
+    )
     with pytest.raises(UsageError, match="unknown Shapes builder config 'huge'"):
         shapes_tfds.config_from_name("huge")
     with pytest.raises(UsageError, match="resolution 8 is outside"):

@@ -12,8 +12,18 @@ from PIL import Image
 from t2i.data import shapes
 from t2i.data.preview import write_preview
 from t2i.data.shapes import (
-    BACKGROUND, HELDOUT_PAIRS, PALETTE, SIZES, Scene, ShapeObject, position_cell, relation_holds,
-    render, sample_scene, scene_for)
+    BACKGROUND,
+    HELDOUT_PAIRS,
+    PALETTE,
+    SIZES,
+    Scene,
+    ShapeObject,
+    position_cell,
+    relation_holds,
+    render,
+    sample_scene,
+    scene_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +74,7 @@ def check_invariants(scene: Scene):
         assert 0.02 <= o.cx - o.r and o.cx + o.r <= 0.98
         assert 0.02 <= o.cy - o.r and o.cy + o.r <= 0.98
     for i, a in enumerate(scene.objects):
-        for b in scene.objects[i + 1:]:
+        for b in scene.objects[i + 1 :]:
             assert max(abs(a.cx - b.cx), abs(a.cy - b.cy)) >= a.r + b.r + 0.06
     identities = [(o.color, o.shape) for o in scene.objects]
     if scene.kind == "single":
@@ -240,8 +250,7 @@ def test_write_preview(tmp_path):
 
 
 def test_write_preview_rejects_bad_arguments(tmp_path):
-    for args, message in [(("dev", 1, 32), "unknown split"), (("train", 0, 32), "num"),
-                          (("train", 1, 8), "size")]:
+    for args, message in [(("dev", 1, 32), "unknown split"), (("train", 0, 32), "num"), (("train", 1, 8), "size")]:
         with pytest.raises(ValueError, match=message) as error:
             write_preview(*args, tmp_path / "out")
         assert "\n" not in str(error.value)

@@ -10,8 +10,17 @@ from t2i.data import shapes
 from t2i.data.preview import write_preview
 from t2i.data.shapes import ShapeObject, render, sample_scene
 from t2i.evaluation.shapes_eval import (
-    Detection, Request, detect, evaluate, evaluate_manifest, format_table, judge, parse_caption,
-    report_to_json, request_for_scene)
+    Detection,
+    Request,
+    detect,
+    evaluate,
+    evaluate_manifest,
+    format_table,
+    judge,
+    parse_caption,
+    report_to_json,
+    request_for_scene,
+)
 
 SCENES_PER_KIND = 1000
 
@@ -20,8 +29,7 @@ SCENES_PER_KIND = 1000
 def scenes():
     """1,000 scenes of every kind, the held-out split's pairs included."""
     rng = np.random.default_rng(2024)
-    return [sample_scene(rng, heldout=i % 10 == 0, kind=kind)
-            for kind in shapes.KINDS for i in range(SCENES_PER_KIND)]
+    return [sample_scene(rng, heldout=i % 10 == 0, kind=kind) for kind in shapes.KINDS for i in range(SCENES_PER_KIND)]
 
 
 def test_parse_caption_round_trip(scenes):
@@ -32,21 +40,41 @@ def test_parse_caption_round_trip(scenes):
 def test_parse_caption_examples_and_prefixes():
     for prefix in shapes.PREFIXES:
         assert parse_caption(prefix + "a large orange circle in the top left") == Request(
-            "single", (("orange", "circle", "large"),), position="top left")
+            "single", (("orange", "circle", "large"),), position="top left"
+        )
         assert parse_caption(prefix + "an orange circle") == Request("single", (("orange", "circle", None),))
         assert parse_caption(prefix + "a red square to the left of an orange triangle") == Request(
-            "pair", (("red", "square", None), ("orange", "triangle", None)), relation="to the left of", count=2)
+            "pair", (("red", "square", None), ("orange", "triangle", None)), relation="to the left of", count=2
+        )
         assert parse_caption(prefix + "three blue triangles") == Request(
-            "count", (("blue", "triangle", None),), count=3)
+            "count", (("blue", "triangle", None),), count=3
+        )
 
 
-@pytest.mark.parametrize("caption", [
-    "", "a red circle.", "A red circle", "a orange circle", "an red circle", "an large orange circle",
-    "a red hexagon", "a pink circle", "two red circle", "four red circles", "one red circle",
-    "a red circle in the middle", "a red circle in the top middle", "a small red circle above a blue square",
-    "a red circle above a red circle", "a red circle near a blue square", "a photo of a photo of a red circle",
-    "a photograph of a red circle", "a red circle\nin the top",
-])
+@pytest.mark.parametrize(
+    "caption",
+    [
+        "",
+        "a red circle.",
+        "A red circle",
+        "a orange circle",
+        "an red circle",
+        "an large orange circle",
+        "a red hexagon",
+        "a pink circle",
+        "two red circle",
+        "four red circles",
+        "one red circle",
+        "a red circle in the middle",
+        "a red circle in the top middle",
+        "a small red circle above a blue square",
+        "a red circle above a red circle",
+        "a red circle near a blue square",
+        "a photo of a photo of a red circle",
+        "a photograph of a red circle",
+        "a red circle\nin the top",
+    ],
+)
 def test_parse_caption_rejects_text_outside_the_grammar(caption):
     with pytest.raises(ValueError, match="^cannot parse caption: ") as error:
         parse_caption(caption)
@@ -85,9 +113,14 @@ def test_noise_and_blank_images_score_near_zero(scenes, side):
 def test_mildly_blurred_renders_still_score(scenes):
     """Generated images are soft; blur must not turn triangles into circles."""
     blurred = (
-        (scene.caption, np.clip(ndimage.gaussian_filter(render(scene, 32).astype(float), (0.7, 0.7, 0)),
-                                0, 255).round().astype(np.uint8))
-        for scene in scenes[::5])
+        (
+            scene.caption,
+            np.clip(ndimage.gaussian_filter(render(scene, 32).astype(float), (0.7, 0.7, 0)), 0, 255)
+            .round()
+            .astype(np.uint8),
+        )
+        for scene in scenes[::5]
+    )
     assert scores(blurred).overall >= 0.97
 
 
@@ -108,10 +141,12 @@ def test_scene_prompts_are_judged_by_structure(scenes):
 
 
 def test_detect_measures_each_object():
-    objects = [ShapeObject("orange", "triangle", "large", 0.25, 0.27, 0.17),
-               ShapeObject("purple", "circle", "small", 0.72, 0.3, 0.11),
-               ShapeObject("orange", "square", "small", 0.7, 0.74, 0.11),
-               ShapeObject("yellow", "circle", "large", 0.24, 0.74, 0.17)]
+    objects = [
+        ShapeObject("orange", "triangle", "large", 0.25, 0.27, 0.17),
+        ShapeObject("purple", "circle", "small", 0.72, 0.3, 0.11),
+        ShapeObject("orange", "square", "small", 0.7, 0.74, 0.11),
+        ShapeObject("yellow", "circle", "large", 0.24, 0.74, 0.17),
+    ]
     for side in (32, 64, 128):
         found = sorted(detect(render(objects, side)), key=lambda d: (d.cy > 0.5, d.cx))
         objects.sort(key=lambda o: (o.cy > 0.5, o.cx))
@@ -130,8 +165,12 @@ def test_colors_off_the_palette_are_not_objects(rgb):
 
 
 def test_detect_rejects_malformed_images():
-    for image in [np.zeros((32, 32, 3), np.float32), np.zeros((32, 30, 3), np.uint8),
-                  np.zeros((8, 8, 3), np.uint8), np.zeros((32, 32), np.uint8)]:
+    for image in [
+        np.zeros((32, 32, 3), np.float32),
+        np.zeros((32, 30, 3), np.uint8),
+        np.zeros((8, 8, 3), np.uint8),
+        np.zeros((32, 32), np.uint8),
+    ]:
         with pytest.raises(ValueError, match="expected a uint8 image"):
             detect(image)
 
@@ -143,8 +182,7 @@ def found(color, shape, size="small", cx=0.5, cy=0.5):
 def test_judge_single():
     request = parse_caption("a large red circle in the top left")
     right = found("red", "circle", "large", 0.15, 0.2)
-    assert judge(request, [right]) == {
-        "overall": True, "color": True, "shape": True, "size": True, "position": True}
+    assert judge(request, [right]) == {"overall": True, "color": True, "shape": True, "size": True, "position": True}
     assert judge(request, [right, found("blue", "square")])["overall"] is False
     assert judge(request, [right, found("blue", "square")])["color"] is True
     wrong = judge(request, [found("red", "square", "small", 0.5, 0.5)])
@@ -206,12 +244,23 @@ def test_manifest_errors_are_one_line(tmp_path):
         (tmp_path / "nowhere" / "manifest.jsonl", FileNotFoundError, "manifest not found"),
         (write_manifest(tmp_path / "empty", ["", "  "]), ValueError, "manifest is empty"),
         (write_manifest(tmp_path / "json", [ok, "{not json"]), ValueError, r"manifest.jsonl:2: invalid JSON"),
-        (write_manifest(tmp_path / "keys", [ok, json.dumps({"prompt": "a red circle"})]), ValueError,
-         r"manifest.jsonl:2: expected an object"),
-        (write_manifest(tmp_path / "image", [ok, json.dumps({"prompt": "a red circle", "image": "x.png"})]),
-         FileNotFoundError, r"manifest.jsonl:2: image not found: .*x.png"),
-        (write_manifest(tmp_path / "caption", [ok, json.dumps({"prompt": "a red hexagon", "image": "../ok/00000.png"})]),
-         ValueError, r"manifest.jsonl:2: cannot parse caption: 'a red hexagon'"),
+        (
+            write_manifest(tmp_path / "keys", [ok, json.dumps({"prompt": "a red circle"})]),
+            ValueError,
+            r"manifest.jsonl:2: expected an object",
+        ),
+        (
+            write_manifest(tmp_path / "image", [ok, json.dumps({"prompt": "a red circle", "image": "x.png"})]),
+            FileNotFoundError,
+            r"manifest.jsonl:2: image not found: .*x.png",
+        ),
+        (
+            write_manifest(
+                tmp_path / "caption", [ok, json.dumps({"prompt": "a red hexagon", "image": "../ok/00000.png"})]
+            ),
+            ValueError,
+            r"manifest.jsonl:2: cannot parse caption: 'a red hexagon'",
+        ),
     ]
     for path, error_type, message in cases:
         with pytest.raises(error_type, match=message) as error:

@@ -42,8 +42,15 @@ def model_path(caption_file, tmp_path_factory):
 def _train_raw(caption_file, prefix, **ids):
     """Trains with sentencepiece directly, to get id layouts other than T5's."""
     spm.SentencePieceTrainer.train(
-        input=caption_file, model_prefix=prefix, vocab_size=64, model_type="bpe",
-        character_coverage=1.0, hard_vocab_limit=False, num_threads=1, minloglevel=2, **ids,
+        input=caption_file,
+        model_prefix=prefix,
+        vocab_size=64,
+        model_type="bpe",
+        character_coverage=1.0,
+        hard_vocab_limit=False,
+        num_threads=1,
+        minloglevel=2,
+        **ids,
     )
     return prefix + ".model"
 
@@ -160,9 +167,7 @@ def test_training_is_deterministic(caption_file, model_path, tmp_path):
     assert Path(again).read_bytes() == first
     other = train_sentencepiece(caption_file, str(tmp_path / "other"))
     caps = _captions()
-    np.testing.assert_array_equal(
-        Tokenizer(other, 32).encode(caps)[0], Tokenizer(model_path, 32).encode(caps)[0]
-    )
+    np.testing.assert_array_equal(Tokenizer(other, 32).encode(caps)[0], Tokenizer(model_path, 32).encode(caps)[0])
 
 
 def test_bpe_training(caption_file, tmp_path):
@@ -185,7 +190,7 @@ def test_other_id_layouts_use_model_ids(caption_file, tmp_path, ids, expected_pa
     enc, mask = t.encode(caps)
     n = mask.sum(axis=1)
     assert enc[0, n[0] - 1] == expected_eos
-    assert (enc[0, n[0]:] == expected_pad).all()
+    assert (enc[0, n[0] :] == expected_pad).all()
     assert n[2] == 0 and (enc[2] == expected_pad).all()
     assert t.decode(enc) == caps
 

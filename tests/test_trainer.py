@@ -12,13 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import REPO
 
 from t2i import tasks
 from t2i.tasks.classifier import ShapesClassifierTask
 from t2i.train.state import create_state, make_train_step
 from t2i.train.trainer import TrainingDiverged, train
-
-from conftest import REPO
 
 
 def _losses(result):
@@ -37,8 +36,7 @@ def test_resumed_run_reproduces_uninterrupted_losses(tiny_config, tmp_path):
 
     # Exact on CPU: same data (the iterator state was restored), same rng, same params.
     assert _losses(first) + _losses(second) == _losses(full)
-    jax.tree.map(np.testing.assert_array_equal, jax.device_get(second.state.params),
-                 jax.device_get(full.state.params))
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(second.state.params), jax.device_get(full.state.params))
     config_json = json.load(open(tmp_path / "split/checkpoints/6/config/metadata"))
     assert config_json["task"] == "shapes_classifier"
 
@@ -100,9 +98,20 @@ def test_too_many_nonfinite_steps_stop_the_run(tiny_config, tmp_path, monkeypatc
 
 def test_sigterm_saves_a_checkpoint_and_exits(tiny_data_dir, tmp_path):
     workdir = tmp_path / "run"
-    command = [sys.executable, "-m", "t2i.cli", "train", "--config", os.path.join(REPO, "configs/shapes_classifier.py:tiny"),
-               "--workdir", str(workdir), "--no_progress", f"--config.data.data_dir={tiny_data_dir}",
-               "--config.train.num_steps=100000", "--config.train.checkpoint_every=100000"]
+    command = [
+        sys.executable,
+        "-m",
+        "t2i.cli",
+        "train",
+        "--config",
+        os.path.join(REPO, "configs/shapes_classifier.py:tiny"),
+        "--workdir",
+        str(workdir),
+        "--no_progress",
+        f"--config.data.data_dir={tiny_data_dir}",
+        "--config.train.num_steps=100000",
+        "--config.train.checkpoint_every=100000",
+    ]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
     lines = []

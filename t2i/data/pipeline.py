@@ -104,19 +104,25 @@ def per_process_batch_size(global_batch_size: int) -> int:
     return global_batch_size // count
 
 
-def train_iterator(data: ml_collections.ConfigDict, global_batch_size: int, seed: int,
-                   transform: Transform | None = None) -> grain.DatasetIterator:
+def train_iterator(
+    data: ml_collections.ConfigDict, global_batch_size: int, seed: int, transform: Transform | None = None
+) -> grain.DatasetIterator:
     """Infinite, deterministic, checkpointable iterator of process-local batches."""
     dataset = grain.MapDataset.source(data_source(data, data.split)).shuffle(seed=seed).repeat()
-    dataset = dataset[jax.process_index():: jax.process_count()]
+    dataset = dataset[jax.process_index() :: jax.process_count()]
     dataset = dataset.map(_compose(to_arrays, text_transform(data), transform))
     dataset = dataset.batch(per_process_batch_size(global_batch_size), drop_remainder=True, batch_fn=_stack)
     options = grain.ReadOptions(num_threads=int(data.num_threads), prefetch_buffer_size=int(data.prefetch))
     return iter(dataset.to_iter_dataset(options))
 
 
-def eval_batches(data: ml_collections.ConfigDict, split: str, global_batch_size: int,
-                 transform: Transform | None = None, limit: int | None = None) -> Iterator[dict]:
+def eval_batches(
+    data: ml_collections.ConfigDict,
+    split: str,
+    global_batch_size: int,
+    transform: Transform | None = None,
+    limit: int | None = None,
+) -> Iterator[dict]:
     """One pass over a split in order; the last batch is padded, `valid` marks real rows."""
     source = data_source(data, split)
     total = len(source) if limit is None else min(limit, len(source))

@@ -29,9 +29,15 @@ BACKGROUND = (232, 232, 232)
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 0.11, "large": 0.17}  # half-extent r of the bounding box
 POSITIONS = (
-    "top left", "top", "top right",
-    "left", "center", "right",
-    "bottom left", "bottom", "bottom right",
+    "top left",
+    "top",
+    "top right",
+    "left",
+    "center",
+    "right",
+    "bottom left",
+    "bottom",
+    "bottom right",
 )  # row-major over the 3x3 grid, so index = 3 * row + column
 RELATIONS = ("to the left of", "to the right of", "above", "below")
 KINDS = ("single", "pair", "count")
@@ -116,8 +122,7 @@ def _relation_mask(dx, dy, relation: str, threshold: float, dominance: float):
     return (main >= threshold) & (np.abs(main) > dominance * np.abs(other))
 
 
-def relation_holds(a, b, relation: str, threshold: float = RELATION_THRESHOLD,
-                   dominance: float = 1.0) -> bool:
+def relation_holds(a, b, relation: str, threshold: float = RELATION_THRESHOLD, dominance: float = 1.0) -> bool:
     """Whether `a <relation> b` holds for two objects with centres (cx, cy).
 
     Defaults are the judging rule; the generator calls it with its wider margin.
@@ -152,8 +157,9 @@ def _draw_identities(rng: np.random.Generator, count: int, heldout: bool) -> lis
     raise RuntimeError("could not draw identities satisfying the hold-out rule")
 
 
-def _place(rng: np.random.Generator, radii, low, high,
-           accept: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+def _place(
+    rng: np.random.Generator, radii, low, high, accept: Callable[[np.ndarray], np.ndarray] | None = None
+) -> np.ndarray:
     """Centres [n, 2], uniform in per-object boxes [low, high], by rejection sampling.
 
     A candidate is kept when every two objects are separated by GAP and `accept`
@@ -186,8 +192,9 @@ def _objects(identities, sizes, centres) -> tuple[ShapeObject, ...]:
     )
 
 
-def layout(rng: np.random.Generator, identities, sizes, position: str = "",
-           relation: str = "") -> tuple[ShapeObject, ...]:
+def layout(
+    rng: np.random.Generator, identities, sizes, position: str = "", relation: str = ""
+) -> tuple[ShapeObject, ...]:
     """Places objects of the given (color, shape) identities and size names.
 
     `position` (one object) keeps its centre in that 3x3 cell with CELL_MARGIN;
@@ -204,23 +211,29 @@ def layout(rng: np.random.Generator, identities, sizes, position: str = "",
         low = np.maximum(low, cell / 3 + CELL_MARGIN)
         high = np.minimum(high, (cell + 1) / 3 - CELL_MARGIN)
     if relation:
+
         def accept(centres):
             offset = centres[:, 1] - centres[:, 0]
-            return _relation_mask(offset[:, 0], offset[:, 1], relation,
-                                  GENERATOR_THRESHOLD, GENERATOR_DOMINANCE)
+            return _relation_mask(offset[:, 0], offset[:, 1], relation, GENERATOR_THRESHOLD, GENERATOR_DOMINANCE)
+
     return _objects(identities, sizes, _place(rng, radii, low, high, accept=accept))
 
 
 def _sample_single(rng: np.random.Generator, heldout: bool) -> Scene:
-    (color, shape), = _draw_identities(rng, 1, heldout)
+    ((color, shape),) = _draw_identities(rng, 1, heldout)
     size = _pick(rng, tuple(SIZES))
     size_named = bool(rng.random() < 0.5)
     position = _pick(rng, POSITIONS) if rng.random() < 0.5 else ""
     caption = _noun_phrase(color, shape, size if size_named else "")
     if position:
         caption += f" in the {position}"
-    return Scene("single", caption, layout(rng, [(color, shape)], [size], position=position),
-                 size_named=size_named, position=position)
+    return Scene(
+        "single",
+        caption,
+        layout(rng, [(color, shape)], [size], position=position),
+        size_named=size_named,
+        position=position,
+    )
 
 
 def _sample_pair(rng: np.random.Generator, heldout: bool) -> Scene:
@@ -233,7 +246,7 @@ def _sample_pair(rng: np.random.Generator, heldout: bool) -> Scene:
 
 
 def _sample_count(rng: np.random.Generator, heldout: bool) -> Scene:
-    (color, shape), = _draw_identities(rng, 1, heldout)
+    ((color, shape),) = _draw_identities(rng, 1, heldout)
     count = int(rng.integers(2, 4))
     sizes = [_pick(rng, tuple(SIZES)) for _ in range(count)]
     caption = f"{COUNT_WORDS[count]} {color} {shape}s"
@@ -272,6 +285,7 @@ def _coverage(obj: ShapeObject, size: int, supersample: int):
     Evaluates the exact shape at the centres of a supersample x supersample subgrid per
     pixel and averages (a box filter). Returns (row slice, column slice, coverage).
     """
+
     def span(centre):
         start = max(int(np.floor((centre - obj.r) * size)), 0)
         return start, max(min(int(np.ceil((centre + obj.r) * size)), size), start)

@@ -69,8 +69,9 @@ def config_from_name(name: str) -> ShapesConfig:
     for r in resolutions:
         if r < 16 or r > 256:
             raise UsageError(f"Shapes resolution {r} is outside 16..256")
-    return ShapesConfig(name=name, split_sizes=sizes, resolutions=resolutions,
-                        description=f"Shapes v1: {sizes} at {resolutions} px")
+    return ShapesConfig(
+        name=name, split_sizes=sizes, resolutions=resolutions, description=f"Shapes v1: {sizes} at {resolutions} px"
+    )
 
 
 class Shapes(tfds.core.GeneratorBasedBuilder):
@@ -82,8 +83,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
 
     def _info(self) -> tfds.core.DatasetInfo:
         features = {
-            f"image_{r}": tfds.features.Tensor(shape=(r, r, 3), dtype=np.uint8)
-            for r in self.builder_config.resolutions
+            f"image_{r}": tfds.features.Tensor(shape=(r, r, 3), dtype=np.uint8) for r in self.builder_config.resolutions
         }
         features.update(
             caption=tfds.features.Text(),
@@ -145,14 +145,13 @@ def scene_to_example(scene, resolutions) -> dict:
 def builder(config_name: str, data_dir: str) -> Shapes:
     config = config_from_name(config_name)  # validates the name
     # TFDS wants presets by name and only new configs as instances.
-    return Shapes(config=config_name if config_name in PRESETS else config, data_dir=data_dir,
-                  file_format="array_record")
+    return Shapes(
+        config=config_name if config_name in PRESETS else config, data_dir=data_dir, file_format="array_record"
+    )
 
 
 def build(config_name: str, data_dir: str) -> Shapes:
     """Renders every split into `data_dir` (TFDS shows a progress bar per split)."""
     shapes_builder = builder(config_name, data_dir)
-    shapes_builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-    )
+    shapes_builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return shapes_builder

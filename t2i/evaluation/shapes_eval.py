@@ -61,8 +61,20 @@ from PIL import Image
 from scipy import ndimage
 
 from t2i.data.shapes import (
-    BACKGROUND, COLORS, COUNT_WORDS, KINDS, PALETTE, POSITIONS, PREFIXES, RELATIONS, SHAPES,
-    SIZES, Scene, position_cell, relation_holds)
+    BACKGROUND,
+    COLORS,
+    COUNT_WORDS,
+    KINDS,
+    PALETTE,
+    POSITIONS,
+    PREFIXES,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    Scene,
+    position_cell,
+    relation_holds,
+)
 
 ATTRIBUTES = ("color", "shape", "size", "position", "relation", "count")
 COLOR_TOLERANCE = 40.0  # RGB distance from a background-to-colour segment
@@ -79,6 +91,7 @@ LARGE_EXTENT = (2 * SIZES["small"] + 2 * SIZES["large"]) / 2  # box side, fracti
 class Request:
     """What a prompt asks for. objects: (color, shape, size or None) per distinct
     identity; count: how many objects the image must hold in all."""
+
     kind: str
     objects: tuple[tuple[str, str, str | None], ...]
     position: str = ""
@@ -110,10 +123,12 @@ def _parse_core(core: str) -> Request | None:
             return Request("single", ((color, shape, size),), position=position or "")
     elif match := _PAIR.fullmatch(core):
         article_a, color_a, shape_a, relation, article_b, color_b, shape_b = match.groups()
-        if (_article_ok(article_a, color_a) and _article_ok(article_b, color_b)
-                and (color_a, shape_a) != (color_b, shape_b)):
-            return Request("pair", ((color_a, shape_a, None), (color_b, shape_b, None)),
-                           relation=relation, count=2)
+        if (
+            _article_ok(article_a, color_a)
+            and _article_ok(article_b, color_b)
+            and (color_a, shape_a) != (color_b, shape_b)
+        ):
+            return Request("pair", ((color_a, shape_a, None), (color_b, shape_b, None)), relation=relation, count=2)
     elif match := _COUNT.fullmatch(core):
         word, color, shape = match.groups()
         return Request("count", ((color, shape, None),), count=_COUNTS[word])
@@ -188,10 +203,14 @@ def _object_colors(coverage: np.ndarray, distance_sq: np.ndarray) -> np.ndarray:
 
 def _check_image(image) -> np.ndarray:
     image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 \
-            or image.shape[0] != image.shape[1] or image.shape[0] < 16:
-        raise ValueError(f"expected a uint8 image [S, S, 3] with S >= 16, "
-                         f"got {image.dtype} {list(image.shape)}")
+    if (
+        image.dtype != np.uint8
+        or image.ndim != 3
+        or image.shape[2] != 3
+        or image.shape[0] != image.shape[1]
+        or image.shape[0] < 16
+    ):
+        raise ValueError(f"expected a uint8 image [S, S, 3] with S >= 16, got {image.dtype} {list(image.shape)}")
     return image
 
 
@@ -243,15 +262,17 @@ def detect(image: np.ndarray) -> list[Detection]:
             shape = "triangle"
         else:
             shape = "square" if fill >= SQUARE_FILL else "circle"
-        detections.append(Detection(
-            color=COLORS[color],
-            shape=shape,
-            size="large" if max(width, height) >= LARGE_EXTENT * side else "small",
-            cx=(inner_columns.start + inner_columns.stop) / (2 * side),
-            cy=(inner_rows.start + inner_rows.stop) / (2 * side),
-            area=float(soft.sum()) / side**2,
-            fill=float(fill),
-        ))
+        detections.append(
+            Detection(
+                color=COLORS[color],
+                shape=shape,
+                size="large" if max(width, height) >= LARGE_EXTENT * side else "small",
+                cx=(inner_columns.start + inner_columns.stop) / (2 * side),
+                cy=(inner_rows.start + inner_rows.stop) / (2 * side),
+                area=float(soft.sum()) / side**2,
+                fill=float(fill),
+            )
+        )
     return detections
 
 
@@ -260,8 +281,12 @@ def _judge_single(request: Request, detections) -> dict[str, bool]:
     named = ["color", "shape"] + ["size"] * bool(size) + ["position"] * bool(request.position)
 
     def checks(d: Detection) -> dict[str, bool]:
-        right = {"color": d.color == color, "shape": d.shape == shape, "size": d.size == size,
-                 "position": position_cell(d.cx, d.cy) == request.position}
+        right = {
+            "color": d.color == color,
+            "shape": d.shape == shape,
+            "size": d.size == size,
+            "position": position_cell(d.cx, d.cy) == request.position,
+        }
         return {name: right[name] for name in named}
 
     if not detections:
@@ -359,8 +384,9 @@ def _read_manifest(path) -> list[tuple[Request, str]]:
                 entry = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{where}: invalid JSON ({e.msg})") from None
-            if not (isinstance(entry, dict) and isinstance(entry.get("prompt"), str)
-                    and isinstance(entry.get("image"), str)):
+            if not (
+                isinstance(entry, dict) and isinstance(entry.get("prompt"), str) and isinstance(entry.get("image"), str)
+            ):
                 raise ValueError(f"{where}: expected an object with string 'prompt' and 'image'")
             try:
                 request = parse_caption(entry["prompt"])
@@ -392,12 +418,13 @@ def evaluate_manifest(path) -> Report:
 
 
 def format_table(report: Report) -> str:
-    lines = [f"Shapes evaluation: {report.num_images} images, overall {report.overall:.1%}",
-             f"{'kind':<12}{'images':>8}{'score':>9}"]
+    lines = [
+        f"Shapes evaluation: {report.num_images} images, overall {report.overall:.1%}",
+        f"{'kind':<12}{'images':>8}{'score':>9}",
+    ]
     lines += [f"{k:<12}{report.kind_counts[k]:>8}{v:>9.1%}" for k, v in report.per_kind.items()]
     lines.append(f"{'attribute':<12}{'images':>8}{'score':>9}")
-    lines += [f"{k:<12}{report.attribute_counts[k]:>8}{v:>9.1%}"
-              for k, v in report.per_attribute.items()]
+    lines += [f"{k:<12}{report.attribute_counts[k]:>8}{v:>9.1%}" for k, v in report.per_attribute.items()]
     return "\n".join(lines)
 
 

@@ -1,10 +1,11 @@
 """Shapes attribute classifier: a small CenterNet-style detector on a coarse grid.
 
 Why a grid and not "object slots": objects have no canonical order (two objects can
-share an x or a y), so slot targets would be ambiguous. On a G x G grid (G = S / 2^(stages);
-8 x 8 at 32 px with the default stride-2 stem and two stages, cells of 0.125) the spec's separation rule (centres at least
-r1 + r2 + 0.06 >= 0.28 apart on some axis) puts two centres at least two cells apart,
-so each cell holds at most one centre and a 3x3 local-maximum test separates objects.
+share an x or a y), so slot targets would be ambiguous. On a G x G grid (8 x 8 at
+32 px with the default stride-2 stem and two stages: cells of 0.125) the spec's
+separation rule (centres at least r1 + r2 + 0.06 >= 0.28 apart on some axis) puts two
+centres at least two cells apart, so each cell holds at most one centre and a 3x3
+local-maximum test separates objects.
 
 Per cell the head predicts: objectness (is an object centre in this cell), colour,
 shape, size, and the centre's offset from the cell's corner (in cells). The pooled
@@ -55,8 +56,9 @@ class ShapesClassifier(nn.Module):
         objectness, color, shape, size, offset = jnp.split(head, splits, axis=-1)
         # A prior of about 2% objectness per cell (CenterNet's bias init), so the
         # first steps are not dominated by the many empty cells.
-        return dict(objectness=objectness[..., 0] - 4.0, color=color, shape=shape, size=size,
-                    offset=offset, features=features)
+        return dict(
+            objectness=objectness[..., 0] - 4.0, color=color, shape=shape, size=size, offset=offset, features=features
+        )
 
 
 def grid_targets(cx: jax.Array, cy: jax.Array, valid: jax.Array, grid: int) -> dict[str, jax.Array]:
@@ -87,5 +89,12 @@ def decode(outputs: dict[str, jax.Array], threshold: float = 0.5) -> dict[str, j
     rows = jnp.arange(grid, dtype=jnp.float32)
     pred_cx = (rows[None, None, :] + outputs["offset"][..., 0]) / grid
     pred_cy = (rows[None, :, None] + outputs["offset"][..., 1]) / grid
-    return dict(peak=peak, prob=prob, color=jnp.argmax(outputs["color"], -1), shape=jnp.argmax(outputs["shape"], -1),
-                size=jnp.argmax(outputs["size"], -1), cx=pred_cx, cy=pred_cy)
+    return dict(
+        peak=peak,
+        prob=prob,
+        color=jnp.argmax(outputs["color"], -1),
+        shape=jnp.argmax(outputs["shape"], -1),
+        size=jnp.argmax(outputs["size"], -1),
+        cx=pred_cx,
+        cy=pred_cy,
+    )

@@ -23,5 +23,10 @@ def maybe_initialize() -> None:
         return
     jax.distributed.initialize()
     _initialized = True
-    log.info("process %d of %d, %d local and %d global devices", jax.process_index(), jax.process_count(),
-             jax.local_device_count(), jax.device_count())
+    log.info(
+        "process %d of %d, %d local and %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )

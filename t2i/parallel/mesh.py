@@ -67,9 +67,7 @@ def mesh_shape(axis_sizes: Mapping[str, int], num_devices: int) -> tuple[int, in
             raise UsageError(f"mesh: {num_devices} devices do not divide by the fixed axes ({known})")
         sizes[free[0]] = num_devices // known
     if math.prod(sizes) != num_devices:
-        raise UsageError(
-            f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, have {num_devices}"
-        )
+        raise UsageError(f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, have {num_devices}")
     return tuple(sizes)
 
 
@@ -83,4 +81,3 @@ def create_mesh(axis_sizes: Mapping[str, int], devices=None) -> Mesh:
     except Exception:  # noqa: BLE001 - CPU and odd device counts: a plain reshape is fine.
         device_array = np.asarray(devices).reshape(shape)
     return Mesh(device_array, MESH_AXES)
-

@@ -28,7 +28,9 @@ def _axis_size(mesh: Mesh, axes) -> int:
     return int(np.prod([mesh.shape[a] for a in axes]))
 
 
-def mesh_spec(logical: PartitionSpec | None, shape: Sequence[int], mesh: Mesh, rules=LOGICAL_AXIS_RULES) -> PartitionSpec:
+def mesh_spec(
+    logical: PartitionSpec | None, shape: Sequence[int], mesh: Mesh, rules=LOGICAL_AXIS_RULES
+) -> PartitionSpec:
     """Logical PartitionSpec -> mesh PartitionSpec for an array of `shape`.
 
     A dimension that the mapped mesh axes do not divide is replicated instead, so a

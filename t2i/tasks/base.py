@@ -5,7 +5,15 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+
+
+def ratio(correct: jax.Array, weight: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(sum of correct * weight, sum of weight): the pair an `eval_step` returns per
+    metric, so the trainer can average over a whole split, padded batches included."""
+    weight = weight.astype(jnp.float32)
+    return jnp.sum(correct.astype(jnp.float32) * weight), jnp.sum(weight)
 
 
 class Task:

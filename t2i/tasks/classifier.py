@@ -10,7 +10,7 @@ import optax
 
 from t2i.data import shapes
 from t2i.models.classifier import ShapesClassifier, decode, grid_targets
-from t2i.tasks.base import Task
+from t2i.tasks.base import Task, ratio
 
 # Position counts as right when the predicted centre is within this distance of the
 # truth on both axes: one pixel at 32 px, a tenth of the 3x3 cell the captions name.
@@ -107,10 +107,6 @@ class ShapesClassifierTask(Task):
         )
         position_right = jnp.any(hit & near, axis=(2, 3))
         count_right = jnp.sum(pred["peak"], axis=(1, 2)) == batch["num_objects"]
-
-        def ratio(correct, weight):
-            weight = weight.astype(jnp.float32)
-            return jnp.sum(correct.astype(jnp.float32) * weight), jnp.sum(weight)
 
         return {
             "detected": ratio(matched, valid_obj),

@@ -167,7 +167,8 @@ def default_shapes_tokenizer(max_length: int = 32) -> Tokenizer:
     """
     if not _SHAPES_MODEL.is_file():
         raise FileNotFoundError(
-            f"Shapes tokenizer asset missing: {_SHAPES_MODEL}; create it with train_sentencepiece on the Shapes captions"
+            f"Shapes tokenizer asset missing: {_SHAPES_MODEL}; "
+            "create it with: t2i data tokenizer --out t2i/assets/shapes_spm --vocab_size 128"
         )
     return Tokenizer(str(_SHAPES_MODEL), max_length)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 import textwrap
+import time
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -45,8 +45,13 @@ class MetricWriter:
             self._jsonl.close()
 
 
-def make_grid(images: np.ndarray, texts: Sequence[str] | None = None, columns: int | None = None,
-              scale: int = 1, max_caption_lines: int = 6) -> np.ndarray:
+def make_grid(
+    images: np.ndarray,
+    texts: Sequence[str] | None = None,
+    columns: int | None = None,
+    scale: int = 1,
+    max_caption_lines: int = 6,
+) -> np.ndarray:
     """Tiles uint8 images [N, H, W, 3] into one image, each with its text beneath
     (wrapped, at most `max_caption_lines` lines).
 

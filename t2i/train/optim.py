@@ -20,7 +20,9 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> 
     )
 
 
-def make_optimizer(opt: ml_collections.ConfigDict, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+    opt: ml_collections.ConfigDict, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """Returns `(tx, schedule)`. Clipping comes first so the update sees clipped grads."""
     schedule = learning_rate_schedule(opt, total_steps)
     if opt.name == "adamw":

@@ -18,11 +18,9 @@ import logging
 import os
 import signal
 import time
-from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
@@ -113,7 +111,10 @@ def evaluate(task, params, config: ml_collections.ConfigDict, mesh, eval_fn=None
     eval_fn = eval_fn or jax.jit(task.eval_step)
     totals: dict[str, list[float]] = {}
     for host_batch in pipeline.eval_batches(
-        config.data, config.train.eval_split, config.data.batch_size, task.transform,
+        config.data,
+        config.train.eval_split,
+        config.data.batch_size,
+        task.transform,
         limit=config.train.eval_examples or None,
     ):
         sums = jax.device_get(eval_fn(params, global_batch(host_batch, mesh)))
@@ -148,8 +149,9 @@ def compile_train_step(step_fn, shardings, mesh, state, batch, rng):
     return jitted.lower(state, batch, rng).compile()
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, *, interrupt_at_step: int | None = None,
-          progress: bool = True) -> TrainResult:
+def train(
+    config: ml_collections.ConfigDict, workdir: str, *, interrupt_at_step: int | None = None, progress: bool = True
+) -> TrainResult:
     """Trains `config.task` until `config.train.num_steps`, resuming from `workdir`.
 
     `interrupt_at_step` behaves exactly like a SIGTERM arriving during that step
@@ -164,8 +166,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, interrupt_at_step:
     mesh = create_mesh(dict(config.mesh))
     os.makedirs(workdir, exist_ok=True)
     writer = train_logging.MetricWriter(workdir, enabled=jax.process_index() == 0)
-    checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"), keep=train_cfg.keep_checkpoints,
-                                async_save=train_cfg.async_checkpoints)
+    checkpointer = Checkpointer(
+        os.path.join(workdir, "checkpoints"), keep=train_cfg.keep_checkpoints, async_save=train_cfg.async_checkpoints
+    )
     config_json = config_lib.to_json(config)
     history: list[dict] = []
     eval_metrics: dict = {}
@@ -198,14 +201,21 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, interrupt_at_step:
                 return
             eval_metrics = evaluate(task, params_for_eval(state), config, mesh, eval_fn)
             writer.scalars(step, eval_metrics, prefix=f"eval_{train_cfg.eval_split}")
-            tqdm.write(f"step {step}: eval on {train_cfg.eval_split}: " +
-                       ", ".join(f"{k}={v:.4f}" for k, v in sorted(eval_metrics.items())))
+            tqdm.write(
+                f"step {step}: eval on {train_cfg.eval_split}: "
+                + ", ".join(f"{k}={v:.4f}" for k, v in sorted(eval_metrics.items()))
+            )
 
         def save(step: int, force: bool = False):
             checkpointer.save(step, state, iterator, config_json, force=force)
 
-        bar = tqdm(total=total_steps, initial=start_step, disable=not progress or jax.process_index() != 0,
-                   unit="step", dynamic_ncols=True)
+        bar = tqdm(
+            total=total_steps,
+            initial=start_step,
+            disable=not progress or jax.process_index() != 0,
+            unit="step",
+            dynamic_ncols=True,
+        )
         pending: list[dict] = []
         step = start_step
         last_log_time, last_log_step = time.time(), step
@@ -232,8 +242,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, interrupt_at_step:
                     history.append({"step": step, **means})
                     bar.set_postfix(loss=f"{means['loss']:.4f}", refresh=False)
                     if not progress and jax.process_index() == 0:
-                        print(f"step {step}: loss {means['loss']:.4f}, {means['steps_per_second']:.2f} steps/s",
-                              flush=True)
+                        print(
+                            f"step {step}: loss {means['loss']:.4f}, {means['steps_per_second']:.2f} steps/s",
+                            flush=True,
+                        )
                     in_a_row = int(jax.device_get(state.nonfinite_in_a_row))
                     if in_a_row >= train_cfg.max_nonfinite_in_a_row:
                         raise TrainingDiverged(
@@ -244,8 +256,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, interrupt_at_step:
                 if stop.signal_name:
                     save(step, force=True)
                     checkpointer.wait()
-                    tqdm.write(f"{stop.signal_name} at step {step}: checkpoint saved; "
-                               "run the same command again to resume")
+                    tqdm.write(
+                        f"{stop.signal_name} at step {step}: checkpoint saved; run the same command again to resume"
+                    )
                     break
                 if step % train_cfg.checkpoint_every == 0:
                     save(step)
@@ -267,8 +280,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, interrupt_at_step:
 
 
 def _write_samples(task, state, config, mesh, workdir, writer, step, rng):
-    batch = next(pipeline.eval_batches(config.data, config.train.eval_split, config.data.batch_size,
-                                       task.transform, limit=config.train.num_samples))
+    batch = next(
+        pipeline.eval_batches(
+            config.data, config.train.eval_split, config.data.batch_size, task.transform, limit=config.train.num_samples
+        )
+    )
     images, texts = task.visualize(state.ema_params, global_batch(batch, mesh), jax.random.fold_in(rng, step), batch)
     path = os.path.join(workdir, "samples", f"step_{step:07d}.png")
     n = min(len(texts), config.train.num_samples)
@@ -296,9 +312,3 @@ def default_train_config() -> ml_collections.ConfigDict:
             sample_scale=4,
         )
     )
-
-
-def jnp_accuracy(correct: jax.Array, weight: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(sum of correct, sum of weight): the numerator/denominator pair eval steps return."""
-    weight = weight.astype(jnp.float32)
-    return jnp.sum(correct.astype(jnp.float32) * weight), jnp.sum(weight)
