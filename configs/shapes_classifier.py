@@ -36,7 +36,15 @@ def get_config(arg=None):
         )
     )
     config.model = ml_collections.ConfigDict(
-        dict(resolution=32, widths=(32, 64), blocks_per_stage=2, stem_stride=2, dtype="float32", param_dtype="float32")
+        dict(
+            resolution=32,
+            widths=(32, 64),
+            blocks_per_stage=2,
+            stem_stride=2,
+            dtype="float32",
+            param_dtype="float32",
+            recolor_probability=0.5,
+        )
     )
     config.optimizer = default_optimizer_config()
     config.optimizer.learning_rate = 2e-3

@@ -61,3 +61,28 @@ def test_untrained_model_scores_low(tiny_config):
     params = task.init(jax.random.key(0))
     metrics = {k: float(n / d) for k, (n, d) in jax.jit(task.eval_step)(params, _batch(tiny_config)).items()}
     assert metrics["count_accuracy"] < 0.5 and metrics["position_accuracy"] < 0.5
+
+
+def test_recolor_rerenders_with_the_new_labels(tiny_config):
+    from t2i.data import shapes
+
+    tiny_config.model.recolor_probability = 1.0
+    task = get_task(tiny_config)
+    example = pipeline.to_arrays(pipeline.data_source(tiny_config.data, "train")[0])
+    out = task.random_transform(example, np.random.default_rng(0))
+    n = int(example["num_objects"])
+    assert (out["color"][n:] == -1).all() and (out["shape"] == example["shape"]).all()
+    objects = [
+        shapes.ShapeObject(
+            shapes.COLORS[out["color"][i]],
+            shapes.SHAPES[out["shape"][i]],
+            tuple(shapes.SIZES)[out["size"][i]],
+            float(out["cx"][i]),
+            float(out["cy"][i]),
+            float(out["r"][i]),
+        )
+        for i in range(n)
+    ]
+    np.testing.assert_array_equal(out["image_32"], shapes.render(objects, 32))
+    recolored = [task.random_transform(example, np.random.default_rng(s))["color"][0] for s in range(30)]
+    assert len(set(recolored)) > 3  # colours really vary

@@ -25,6 +25,7 @@ from t2i.errors import UsageError
 
 MAX_OBJECTS = 3
 Transform = Callable[[dict], dict]
+RandomTransform = Callable[[dict, np.random.Generator], dict]
 
 
 def data_source(data: ml_collections.ConfigDict, split: str):
@@ -105,12 +106,23 @@ def per_process_batch_size(global_batch_size: int) -> int:
 
 
 def train_iterator(
-    data: ml_collections.ConfigDict, global_batch_size: int, seed: int, transform: Transform | None = None
+    data: ml_collections.ConfigDict,
+    global_batch_size: int,
+    seed: int,
+    transform: Transform | None = None,
+    random_transform: RandomTransform | None = None,
 ) -> grain.DatasetIterator:
-    """Infinite, deterministic, checkpointable iterator of process-local batches."""
+    """Infinite, deterministic, checkpointable iterator of process-local batches.
+
+    `random_transform(example, rng)` (augmentation) gets a numpy Generator derived from
+    `seed` and the example's position in the stream: fresh every epoch, and the same
+    again after a resume.
+    """
     dataset = grain.MapDataset.source(data_source(data, data.split)).shuffle(seed=seed).repeat()
     dataset = dataset[jax.process_index() :: jax.process_count()]
     dataset = dataset.map(_compose(to_arrays, text_transform(data), transform))
+    if random_transform is not None:
+        dataset = dataset.random_map(random_transform, seed=seed + 1)
     dataset = dataset.batch(per_process_batch_size(global_batch_size), drop_remainder=True, batch_fn=_stack)
     options = grain.ReadOptions(num_threads=int(data.num_threads), prefetch_buffer_size=int(data.prefetch))
     return iter(dataset.to_iter_dataset(options))

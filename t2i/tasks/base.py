@@ -7,6 +7,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 
 def ratio(correct: jax.Array, weight: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -24,10 +25,13 @@ class Task:
     traced under jit. Optional: `eval_step(params, batch) -> {name: (num, den)}` summed
     over a split; `visualize(params, batch, rng, host_batch) -> (uint8 images, texts)`
     drawn as a grid during training; `transform(example) -> example`, a host-side
-    per-example map in the input pipeline (tokenisation, say).
+    per-example map in the input pipeline (tokenisation, say), and
+    `random_transform(example, np_rng) -> example`, a seeded augmentation applied to
+    training examples only.
     """
 
     transform: Callable[[dict], dict] | None = None
+    random_transform: Callable[[dict, np.random.Generator], dict] | None = None
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config

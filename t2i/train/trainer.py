@@ -178,7 +178,9 @@ def train(
         init_rng, train_rng = jax.random.split(rng)
 
         abstract_state, shardings = abstract_train_state(task, tx, mesh, init_rng)
-        iterator = pipeline.train_iterator(config.data, config.data.batch_size, config.data.seed, task.transform)
+        iterator = pipeline.train_iterator(
+            config.data, config.data.batch_size, config.data.seed, task.transform, task.random_transform
+        )
 
         start_step = checkpointer.latest_step()
         if start_step is not None:
