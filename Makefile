@@ -24,7 +24,7 @@ $(DATA_DIR)/shapes/small/1.0.0/dataset_info.json: | install
 data: $(DATA_DIR)/shapes/small/1.0.0/dataset_info.json
 
 # Until a generative family lands, the demo trains the Shapes attribute classifier
-# (about 6 minutes on 2 cores) and prints its per-attribute test accuracy.
+# (about 3 minutes on 2 cores) and prints its per-attribute test accuracy.
 demo: data
 	$(BIN)/t2i train --config configs/shapes_classifier.py --workdir $(WORKDIR) \
 	  --config.data.data_dir=$(DATA_DIR)
