@@ -127,3 +127,16 @@ def test_sigterm_saves_a_checkpoint_and_exits(tiny_data_dir, tmp_path):
     assert "SIGTERM at step" in "".join(lines)
     steps = [int(name) for name in os.listdir(workdir / "checkpoints") if name.isdigit()]
     assert steps and min(steps) >= 3
+
+
+def test_adafactor_on_an_fsdp_mesh(tiny_config, tmp_path):
+    """Factored optimizer state (row/column moments) shards and trains; no decay at lr 0."""
+    tiny_config.optimizer.name = "adafactor"
+    tiny_config.mesh.data = 1
+    tiny_config.mesh.fsdp = -1
+    tiny_config.train.num_steps = 2
+    result = train(tiny_config, str(tmp_path), progress=False)
+    first, second = result.history
+    assert first["learning_rate"] == 0.0 and first["update_norm"] == 0.0
+    assert second["update_norm"] > 0 and np.isfinite(second["loss"])
+    assert any("fsdp" in str(x.sharding.spec) for x in jax.tree.leaves(result.state.opt_state))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -20,6 +22,21 @@ def learning_rate_schedule(opt: ml_collections.ConfigDict, total_steps: int) -> 
     )
 
 
+def _decoupled_weight_decay(schedule: optax.Schedule, rate: float) -> optax.GradientTransformation:
+    """Adds -lr(t) * rate * param to the update (AdamW's decay, for any optimizer)."""
+
+    def init(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params):
+        lr = schedule(state.count)
+        updates = jax.tree.map(lambda u, p: u - lr * rate * p, updates, params)
+        return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(
     opt: ml_collections.ConfigDict, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
@@ -29,7 +46,11 @@ def make_optimizer(
         core = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay)
     elif opt.name == "adafactor":
         # Factored second moments: the optimizer Parti used at scale (memory ~ rows + cols).
-        core = optax.adafactor(schedule, weight_decay_rate=opt.weight_decay or None)
+        # optax's own `weight_decay_rate` is not scaled by the learning rate (it decays
+        # even at lr 0, during warmup); decay here is decoupled and lr-scaled as in AdamW.
+        core = optax.adafactor(schedule)
+        if opt.weight_decay:
+            core = optax.chain(core, _decoupled_weight_decay(schedule, opt.weight_decay))
     else:
         raise UsageError(f"unknown optimizer '{opt.name}' (choose adamw or adafactor)")
     parts = []
