@@ -1,0 +1,1 @@
+"""Continuous-time Gaussian diffusion in log-SNR, shared by Imagen and unCLIP."""
