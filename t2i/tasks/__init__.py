@@ -10,8 +10,9 @@ from t2i.errors import UsageError
 def _registry():
     # Imported lazily so `t2i data ...` does not pay for model imports.
     from t2i.tasks.classifier import ShapesClassifierTask
+    from t2i.tasks.imagen import ImagenTask
 
-    return {"shapes_classifier": ShapesClassifierTask}
+    return {"shapes_classifier": ShapesClassifierTask, "imagen": ImagenTask}
 
 
 def get_task(config: ml_collections.ConfigDict):

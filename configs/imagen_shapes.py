@@ -1,0 +1,113 @@
+"""Imagen on Shapes: the base model and the 32 -> 64 super-resolution stage.
+
+  t2i data build shapes --builder_config small
+  t2i train --config configs/imagen_shapes.py:stage=base --workdir runs/imagen_base
+  t2i train --config configs/imagen_shapes.py:stage=sr --workdir runs/imagen_sr
+
+Arguments (comma separated): `stage=base|sr`; `tiny` shrinks everything for tests.
+Text: a learned embedding of the Shapes sentencepiece tokens (`text.source=tokens`);
+the frozen MiniLM encoder (`text.source=embeddings`, precomputed per data set) is the
+next step of issue 3.
+"""
+
+import ml_collections
+
+from t2i.config import parse_arg
+from t2i.train.optim import default_optimizer_config
+from t2i.train.trainer import default_train_config
+
+
+def get_config(arg=None):
+    args = parse_arg(arg)
+    stage = args.get("stage", "base")
+    if stage not in ("base", "sr"):
+        raise ValueError(f"stage must be base or sr, got {stage}")
+    config = ml_collections.ConfigDict()
+    config.task = "imagen"
+    config.seed = 0
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    config.data = ml_collections.ConfigDict(
+        dict(
+            builder_config="small",
+            data_dir="data/tfds",
+            split="train",
+            batch_size=32,
+            seed=0,
+            num_threads=2,
+            prefetch=4,
+            tokenizer="shapes",
+            max_text_length=24,
+        )
+    )
+    config.text = ml_collections.ConfigDict(dict(source="tokens", vocab_size=128, dim=128, max_length=24))
+    config.model = ml_collections.ConfigDict(
+        dict(
+            resolution=32 if stage == "base" else 64,
+            low_resolution=0 if stage == "base" else 32,
+            base_channels=64,
+            channel_mults=(1, 2, 4) if stage == "base" else (1, 2, 4, 4),
+            num_res_blocks=(1, 2, 3) if stage == "base" else (1, 1, 2, 3),
+            self_attention_levels=(False, False, True) if stage == "base" else (False, False, False, False),
+            cross_attention_levels=(False, True, True) if stage == "base" else (False, False, False, True),
+            heads=4,
+            head_dim=32,
+            embed_dim=256,
+            dtype="float32",
+            param_dtype="float32",
+        )
+    )
+    config.diffusion = ml_collections.ConfigDict(
+        dict(
+            schedule="cosine",
+            schedule_kwargs={},
+            parametrization="v",
+            min_snr_gamma=5.0,
+            cond_drop_prob=0.1,
+            noise_aug_max=0.5,
+        )
+    )
+    config.sampling = ml_collections.ConfigDict(
+        dict(
+            sampler="ddim",
+            steps=50,
+            eta=0.0,
+            guidance_weight=3.0,
+            thresholding="dynamic",
+            percentile=0.99,
+            noise_aug_level=0.1,
+        )
+    )
+    config.optimizer = default_optimizer_config()
+    config.optimizer.learning_rate = 3e-4
+    config.optimizer.warmup_steps = 200
+    config.train = default_train_config()
+    config.train.num_steps = 20_000
+    config.train.log_every = 50
+    config.train.checkpoint_every = 500
+    config.train.ema_decay = 0.999
+    config.train.eval_every = 0
+    config.train.eval_split = "test"
+    config.train.sample_every = 1000
+    config.train.num_samples = 16
+    config.train.sample_scale = 2
+    if args.get("tiny"):
+        config.data.builder_config = "tiny"
+        config.data.batch_size = 8
+        config.data.num_threads = 0
+        config.model.base_channels = 32
+        config.model.channel_mults = (1, 2) if stage == "base" else (1, 2, 2)
+        config.model.num_res_blocks = (1, 1) if stage == "base" else (1, 1, 1)
+        config.model.self_attention_levels = (False, True) if stage == "base" else (False, False, False)
+        config.model.cross_attention_levels = (False, True) if stage == "base" else (False, False, True)
+        config.model.embed_dim = 64
+        config.text.dim = 32
+        config.model.heads = 2
+        config.model.head_dim = 16
+        config.sampling.steps = 4
+        config.train.num_steps = 4
+        config.train.log_every = 1
+        config.train.checkpoint_every = 2
+        config.train.sample_every = 0
+        config.train.num_samples = 4
+        config.optimizer.warmup_steps = 1
+    return config

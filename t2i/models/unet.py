@@ -1,0 +1,269 @@
+"""Imagen's Efficient U-Net, for the base model and the super-resolution stages.
+
+Reads top-down: conditioning embeddings, the residual block, the attention block, the
+down (DBlock) and up (UBlock) blocks, then the whole U-Net. What makes it Imagen's
+"Efficient U-Net" (Saharia et al. 2022, appendix B):
+- more residual blocks at lower resolutions (`num_res_blocks` per level), where they
+  are cheap, fewer at high resolution;
+- skip connections scaled by 1/sqrt(2);
+- a DBlock downsamples *before* its convolutions and a UBlock upsamples *after* them,
+  so the convolutions run at the lower resolution;
+- conditioning on the noise level (log-SNR) plus a pooled text embedding, added into
+  every residual block as a scale and shift of its normalised activations;
+- cross-attention to the (layer-normed) text embeddings at chosen levels, optional
+  self-attention; a learned null key/value so an empty prompt (all tokens masked, the
+  classifier-free guidance case) still has something to attend to.
+The super-resolution variant takes the noisy image concatenated with the upsampled
+low-resolution image and is told the noise-conditioning augmentation level.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from t2i.models.layers import Conv, Dense, GroupNorm, named
+
+Dtype = Any
+ACTIVATION_IMAGE = ("activation_batch", "activation_height", "activation_width", "activation_channels")
+ACTIVATION_TOKENS = ("activation_batch", "activation_length", "activation_embed")
+
+
+def logsnr_embedding(logsnr: jax.Array, dim: int) -> jax.Array:
+    """Sinusoidal features of the log-SNR (scaled into a timestep-like range)."""
+    half = dim // 2
+    frequencies = jnp.exp(-math.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+    angles = (jnp.clip(logsnr, -20.0, 20.0) * 50.0)[:, None] * frequencies[None, :]
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+
+
+class ResBlock(nn.Module):
+    """GN -> SiLU -> conv -> GN * (1 + scale) + shift -> SiLU -> conv, plus the skip."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, conditioning):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        h = Conv(self.features, **kw)(nn.silu(GroupNorm(32, **kw)(x)))
+        scale_shift = Dense(2 * self.features, axes=("embed", "mlp"), **kw)(nn.silu(conditioning))
+        scale, shift = jnp.split(scale_shift[:, None, None, :], 2, axis=-1)
+        h = GroupNorm(32, **kw)(h) * (1.0 + scale) + shift
+        h = Conv(self.features, kernel_init=nn.initializers.zeros, **kw)(nn.silu(h))
+        if x.shape[-1] != self.features:
+            x = Conv(self.features, kernel_size=1, **kw)(x)
+        return nn.with_logical_constraint(x + h, ACTIVATION_IMAGE)
+
+
+class Attention(nn.Module):
+    """Multi-head attention of queries over keys/values, softmax in f32.
+
+    A learned null key/value is always attendable, so fully masked context (an empty
+    prompt) yields a defined output instead of NaN.
+    """
+
+    heads: int
+    head_dim: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, queries, context, context_mask=None):
+        batch = queries.shape[0]
+
+        def project(name, x):
+            # self.param + einsum rather than DenseGeneral: DenseGeneral initialises a
+            # flattened kernel, which breaks the logical sharding of its 3-D shape.
+            kernel = self.param(
+                name,
+                named(nn.initializers.lecun_normal(), ("embed", "heads", "kv")),
+                (x.shape[-1], self.heads, self.head_dim),
+                self.param_dtype,
+            )
+            return jnp.einsum("bld,dhk->blhk", x.astype(self.dtype), kernel.astype(self.dtype))
+
+        q, k, v = project("query", queries), project("key", context), project("value", context)
+        null_kv = self.param(
+            "null_kv",
+            named(nn.initializers.normal(1.0), (None, "heads", "kv")),
+            (2, self.heads, self.head_dim),
+            self.param_dtype,
+        )
+        k = jnp.concatenate([jnp.broadcast_to(null_kv[0].astype(k.dtype), (batch, 1) + k.shape[2:]), k], axis=1)
+        v = jnp.concatenate([jnp.broadcast_to(null_kv[1].astype(v.dtype), (batch, 1) + v.shape[2:]), v], axis=1)
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(self.head_dim)
+        if context_mask is not None:
+            mask = jnp.concatenate([jnp.ones((batch, 1), bool), context_mask.astype(bool)], axis=1)
+            logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+        kernel = self.param(
+            "out",
+            named(nn.initializers.zeros, ("heads", "kv", "embed")),
+            (self.heads, self.head_dim, queries.shape[-1]),
+            self.param_dtype,
+        )
+        return jnp.einsum("bqhd,hde->bqe", out, kernel.astype(self.dtype))
+
+
+class AttentionBlock(nn.Module):
+    """Optional self-attention, then cross-attention to the text, on a feature map."""
+
+    heads: int
+    head_dim: int
+    self_attention: bool
+    cross_attention: bool
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, text, text_mask):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        b, h, w, c = x.shape
+        tokens = x.reshape(b, h * w, c)
+        if self.self_attention:
+            normed = GroupNorm(32, **kw)(x).reshape(b, h * w, c)
+            tokens = tokens + Attention(self.heads, self.head_dim, **kw, name="self_attention")(normed, normed)
+        if self.cross_attention:
+            normed = GroupNorm(32, **kw)(tokens.reshape(b, h, w, c)).reshape(b, h * w, c)
+            tokens = tokens + Attention(self.heads, self.head_dim, **kw, name="cross_attention")(
+                normed, text, text_mask
+            )
+        return nn.with_logical_constraint(tokens.reshape(b, h, w, c), ACTIVATION_IMAGE)
+
+
+class DBlock(nn.Module):
+    """Downsample first (strided conv), then residual blocks, then attention."""
+
+    features: int
+    num_res_blocks: int
+    downsample: bool
+    attention: dict | None = None  # AttentionBlock fields, or None for no attention
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, conditioning, text, text_mask):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        if self.downsample:
+            x = Conv(x.shape[-1], strides=2, **kw)(x)
+        for _ in range(self.num_res_blocks):
+            x = ResBlock(self.features, **kw)(x, conditioning)
+        if self.attention is not None:
+            x = AttentionBlock(**self.attention, **kw)(x, text, text_mask)
+        return x
+
+
+class UBlock(nn.Module):
+    """Concatenate the scaled skip, residual blocks, attention, then upsample last."""
+
+    features: int
+    num_res_blocks: int
+    upsample: bool
+    attention: dict | None = None  # AttentionBlock fields, or None for no attention
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, skip, conditioning, text, text_mask):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = jnp.concatenate([x, skip * (1.0 / math.sqrt(2.0))], axis=-1)
+        for _ in range(self.num_res_blocks):
+            x = ResBlock(self.features, **kw)(x, conditioning)
+        if self.attention is not None:
+            x = AttentionBlock(**self.attention, **kw)(x, text, text_mask)
+        if self.upsample:
+            b, h, w, c = x.shape
+            x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method="nearest")
+            x = Conv(c, **kw)(x)
+        return x
+
+
+class EfficientUNet(nn.Module):
+    """The Imagen U-Net. One level per entry of `channel_mults`; level i runs at
+    resolution / 2^i with `base_channels * channel_mults[i]` channels and
+    `num_res_blocks[i]` residual blocks in its DBlock and its UBlock.
+
+    Inputs: x_t [B, S, S, 3], logsnr [B], text [B, L, D], text_mask [B, L], and for
+    super-resolution `low_res` [B, S, S, 3] (already upsampled) and `aug_logsnr` [B].
+    Output: the prediction (eps, x0 or v) [B, S, S, 3], in f32.
+    """
+
+    base_channels: int = 128
+    channel_mults: Sequence[int] = (1, 2, 4)
+    num_res_blocks: Sequence[int] = (2, 2, 2)
+    self_attention_levels: Sequence[bool] = (False, False, True)
+    cross_attention_levels: Sequence[bool] = (False, True, True)
+    heads: int = 4
+    head_dim: int = 32
+    embed_dim: int = 512  # conditioning (noise level + pooled text) width
+    super_resolution: bool = False
+    out_channels: int = 3
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, logsnr, text, text_mask, low_res=None, aug_logsnr=None):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        levels = len(self.channel_mults)
+        for name, value in (
+            ("num_res_blocks", self.num_res_blocks),
+            ("self_attention_levels", self.self_attention_levels),
+            ("cross_attention_levels", self.cross_attention_levels),
+        ):
+            if len(value) != levels:
+                raise ValueError(f"{name} has {len(value)} entries, channel_mults has {levels}")
+
+        # Conditioning: noise level (+ augmentation level for SR) + pooled text.
+        conditioning = Dense(self.embed_dim, axes=(None, "mlp"), **kw)(logsnr_embedding(logsnr, self.base_channels))
+        if self.super_resolution:
+            aug = Dense(self.embed_dim, axes=(None, "mlp"), **kw)(logsnr_embedding(aug_logsnr, self.base_channels))
+            conditioning = conditioning + aug
+        text = nn.LayerNorm(dtype=jnp.float32, param_dtype=self.param_dtype, name="text_norm")(text.astype(jnp.float32))
+        mask = text_mask.astype(jnp.float32)[..., None]
+        pooled = jnp.sum(text * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
+        conditioning = conditioning + Dense(self.embed_dim, axes=(None, "mlp"), **kw)(pooled)
+        conditioning = Dense(self.embed_dim, axes=("mlp", "embed"), **kw)(nn.silu(conditioning))
+        text = nn.with_logical_constraint(text.astype(self.dtype), ACTIVATION_TOKENS)
+
+        def attention(level):
+            if not (self.self_attention_levels[level] or self.cross_attention_levels[level]):
+                return None
+            return dict(
+                heads=self.heads,
+                head_dim=self.head_dim,
+                self_attention=self.self_attention_levels[level],
+                cross_attention=self.cross_attention_levels[level],
+            )
+
+        h = x.astype(self.dtype)
+        if self.super_resolution:
+            h = jnp.concatenate([h, low_res.astype(self.dtype)], axis=-1)
+        h = nn.with_logical_constraint(Conv(self.base_channels, **kw)(h), ACTIVATION_IMAGE)
+        skips = []
+        for level, mult in enumerate(self.channel_mults):
+            h = DBlock(
+                self.base_channels * mult,
+                self.num_res_blocks[level],
+                downsample=level > 0,
+                attention=attention(level),
+                **kw,
+            )(h, conditioning, text, text_mask)
+            skips.append(h)
+        for level in reversed(range(levels)):
+            h = UBlock(
+                self.base_channels * self.channel_mults[level],
+                self.num_res_blocks[level],
+                upsample=level > 0,
+                attention=attention(level),
+                **kw,
+            )(h, skips.pop(), conditioning, text, text_mask)
+        h = nn.silu(GroupNorm(32, **kw)(h))
+        out = Conv(self.out_channels, kernel_init=nn.initializers.zeros, **kw)(h)
+        return out.astype(jnp.float32)

@@ -1,0 +1,198 @@
+"""Imagen training task: one stage of the cascade (the base model or a super-resolution
+model), trained through the generic trainer.
+
+Text conditioning comes in one of two forms (`config.text.source`):
+  tokens:      the batch's sentencepiece `tokens` through a learned embedding (tests and
+               ablations; no frozen encoder needed),
+  embeddings:  frozen-encoder outputs already in the batch as `text_embeddings`
+               [B, L, D] with `text_mask` (precomputed once per data set, as Imagen
+               prescribes a frozen text encoder).
+Classifier-free guidance is trained by dropping the text of `cond_drop_prob` of the
+examples: their mask becomes all False, which is exactly how the empty prompt looks at
+sampling time.
+
+Super-resolution stages get the same scene at `low_resolution`, upsampled to the
+stage's resolution and noised to a random augmentation level that the model is told
+(noise-conditioning augmentation); at sampling the level is fixed and can be swept.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from t2i.diffusion import gaussian, samplers, schedules
+from t2i.models.layers import named
+from t2i.models.unet import EfficientUNet
+from t2i.tasks.base import Task
+
+
+class ImagenStage(nn.Module):
+    """A U-Net with its text front end (a learned token embedding in `tokens` mode)."""
+
+    unet: dict
+    text_source: str
+    vocab_size: int = 0
+    text_dim: int = 0
+    dtype: jnp.dtype = jnp.float32
+    param_dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, logsnr, text, text_mask, low_res=None, aug_logsnr=None):
+        if self.text_source == "tokens":
+            text = nn.Embed(
+                self.vocab_size,
+                self.text_dim,
+                param_dtype=self.param_dtype,
+                embedding_init=named(nn.initializers.normal(1.0), ("vocab", "embed")),
+                name="token_embedding",
+            )(text)
+        return EfficientUNet(**self.unet, dtype=self.dtype, param_dtype=self.param_dtype, name="unet")(
+            x, logsnr, text, text_mask, low_res, aug_logsnr
+        )
+
+
+def to_model_range(images: jax.Array) -> jax.Array:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+def to_uint8(images: jax.Array) -> jax.Array:
+    return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def upsample(images: jax.Array, size: int) -> jax.Array:
+    b, _, _, c = images.shape
+    return jax.image.resize(images, (b, size, size, c), method="bicubic")
+
+
+class ImagenTask(Task):
+    def __init__(self, config):
+        super().__init__(config)
+        model = config.model
+        self.resolution = int(model.resolution)
+        self.super_resolution = bool(model.low_resolution)
+        self.low_resolution = int(model.low_resolution)
+        unet = dict(
+            base_channels=model.base_channels,
+            channel_mults=tuple(model.channel_mults),
+            num_res_blocks=tuple(model.num_res_blocks),
+            self_attention_levels=tuple(model.self_attention_levels),
+            cross_attention_levels=tuple(model.cross_attention_levels),
+            heads=model.heads,
+            head_dim=model.head_dim,
+            embed_dim=model.embed_dim,
+            super_resolution=self.super_resolution,
+        )
+        text = config.text
+        self.text_source = text.source
+        if self.text_source not in ("tokens", "embeddings"):
+            raise ValueError(f"unknown text source '{self.text_source}' (tokens or embeddings)")
+        self.model = ImagenStage(
+            unet=unet,
+            text_source=text.source,
+            vocab_size=text.vocab_size,
+            text_dim=text.dim,
+            dtype=jnp.dtype(model.dtype),
+            param_dtype=jnp.dtype(model.param_dtype),
+        )
+        diffusion = config.diffusion
+        self.schedule = schedules.get_schedule(diffusion.schedule, **dict(diffusion.schedule_kwargs))
+        self.aug_schedule = schedules.cosine()
+        self.parametrization = diffusion.parametrization
+
+    # ---------------------------------------------------------------- shapes of inputs
+    def _text(self, batch):
+        if self.text_source == "tokens":
+            return batch["tokens"], batch["text_mask"]
+        return batch["text_embeddings"], batch["text_mask"]
+
+    def _dummy_text(self, batch_size):
+        length = int(self.config.text.max_length)
+        mask = jnp.ones((batch_size, length), bool)
+        if self.text_source == "tokens":
+            return jnp.zeros((batch_size, length), jnp.int32), mask
+        return jnp.zeros((batch_size, length, int(self.config.text.dim)), jnp.float32), mask
+
+    def init(self, rng):
+        size = self.resolution
+        x = jnp.zeros((1, size, size, 3))
+        text, mask = self._dummy_text(1)
+        low = jnp.zeros_like(x) if self.super_resolution else None
+        aug = jnp.zeros((1,)) if self.super_resolution else None
+        return self.model.init(rng, x, jnp.zeros((1,)), text, mask, low, aug)
+
+    # ---------------------------------------------------------------------- training
+    def _low_res_condition(self, batch, rng, aug_t=None):
+        """The upsampled low-resolution image, noised to a random (training) or given
+        (sampling) augmentation level; returns (noised image, its log-SNR)."""
+        low = to_model_range(batch[f"image_{self.low_resolution}"])
+        low = upsample(low, self.resolution)
+        noise_rng, level_rng = jax.random.split(rng)
+        if aug_t is None:
+            aug_t = jax.random.uniform(level_rng, (low.shape[0],), maxval=self.config.diffusion.noise_aug_max)
+        aug_logsnr = self.aug_schedule(aug_t)
+        noised = gaussian.diffuse(low, jax.random.normal(noise_rng, low.shape), aug_logsnr)
+        return noised, aug_logsnr
+
+    def loss(self, params, batch, rng):
+        noise_rng, time_rng, drop_rng, aug_rng = jax.random.split(rng, 4)
+        x0 = to_model_range(batch[f"image_{self.resolution}"])
+        text, mask = self._text(batch)
+        keep = jax.random.uniform(drop_rng, (x0.shape[0],)) >= self.config.diffusion.cond_drop_prob
+        mask = mask & keep[:, None]
+        logsnr = gaussian.sample_training_logsnr(time_rng, x0.shape[0], self.schedule)
+        eps = jax.random.normal(noise_rng, x0.shape)
+        x_t = gaussian.diffuse(x0, eps, logsnr)
+        low, aug_logsnr = self._low_res_condition(batch, aug_rng) if self.super_resolution else (None, None)
+        out = self.model.apply(params, x_t, logsnr, text, mask, low, aug_logsnr)
+        loss = gaussian.diffusion_loss(out, x0, eps, logsnr, self.parametrization, self.config.diffusion.min_snr_gamma)
+        return loss, {}
+
+    # ---------------------------------------------------------------------- sampling
+    def sample(self, params, batch, rng, *, steps=None, sampler=None, guidance=None, aug_level=None):
+        """Images (uint8) for the batch's prompts; SR stages upsample the batch's
+        low-resolution images (ground truth in training, the previous stage's output
+        in the cascade)."""
+        sampling = self.config.sampling
+        steps = steps or sampling.steps
+        sampler = sampler or sampling.sampler
+        guidance = guidance or samplers.Guidance(
+            weight=sampling.guidance_weight, thresholding=sampling.thresholding, percentile=sampling.percentile
+        )
+        text, mask = self._text(batch)
+        batch_size = mask.shape[0]
+        init_rng, aug_rng, sample_rng = jax.random.split(rng, 3)
+        low, aug_logsnr = None, None
+        if self.super_resolution:
+            level = sampling.noise_aug_level if aug_level is None else aug_level
+            low, aug_logsnr = self._low_res_condition(batch, aug_rng, jnp.full((batch_size,), level))
+
+        def model_fn(x, logsnr, conditioning):
+            text_c, mask_c, low_c, aug_c = conditioning
+            return self.model.apply(params, x, logsnr, text_c, mask_c, low_c, aug_c)
+
+        conditioning = (text, mask, low, aug_logsnr)
+        null = (text, jnp.zeros_like(mask), low, aug_logsnr)  # the empty prompt: nothing attended
+        size = self.resolution
+        x_init = jax.random.normal(init_rng, (batch_size, size, size, 3))
+        grid = schedules.sampling_grid(self.schedule, steps)
+        images = samplers.sample(
+            model_fn,
+            x_init,
+            grid,
+            sample_rng,
+            sampler=sampler,
+            parametrization=self.parametrization,
+            guidance=guidance,
+            conditioning=conditioning,
+            null_conditioning=null,
+            eta=sampling.eta,
+        )
+        return to_uint8(images)
+
+    def visualize(self, params, batch, rng, host_batch):
+        images = jax.jit(lambda p, b, r: self.sample(p, b, r))(params, batch, rng)
+        return np.asarray(jax.device_get(images)), list(host_batch["caption"])
