@@ -52,6 +52,9 @@ def get_config(arg=None):
             heads=4,
             head_dim=32,
             embed_dim=256,
+            dense_skips=False,
+            attention_every_block=False,
+            ff_mult=0,
             dtype="float32",
             param_dtype="float32",
         )

@@ -113,12 +113,14 @@ class Attention(nn.Module):
 
 
 class AttentionBlock(nn.Module):
-    """Optional self-attention, then cross-attention to the text, on a feature map."""
+    """Optional self-attention, then cross-attention to the text, then an optional
+    feed-forward layer (a Transformer block when `ff_mult` > 0), on a feature map."""
 
     heads: int
     head_dim: int
     self_attention: bool
     cross_attention: bool
+    ff_mult: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -135,6 +137,10 @@ class AttentionBlock(nn.Module):
             tokens = tokens + Attention(self.heads, self.head_dim, **kw, name="cross_attention")(
                 normed, text, text_mask
             )
+        if self.ff_mult:
+            normed = GroupNorm(32, **kw)(tokens.reshape(b, h, w, c)).reshape(b, h * w, c)
+            hidden = nn.gelu(Dense(self.ff_mult * c, axes=("embed", "mlp"), **kw)(normed))
+            tokens = tokens + Dense(c, axes=("mlp", "embed"), kernel_init=nn.initializers.zeros, **kw)(hidden)
         return nn.with_logical_constraint(tokens.reshape(b, h, w, c), ACTIVATION_IMAGE)
 
 
@@ -145,39 +151,51 @@ class DBlock(nn.Module):
     num_res_blocks: int
     downsample: bool
     attention: dict | None = None  # AttentionBlock fields, or None for no attention
+    attention_every_block: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, conditioning, text, text_mask):
+        """Returns the block's output and each residual block's output (the skips an
+        ADM-style U-Net hands from every down block to its up path)."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if self.downsample:
             x = Conv(x.shape[-1], strides=2, **kw)(x)
-        for _ in range(self.num_res_blocks):
+        outputs = []
+        for index in range(self.num_res_blocks):
             x = ResBlock(self.features, **kw)(x, conditioning)
-        if self.attention is not None:
-            x = AttentionBlock(**self.attention, **kw)(x, text, text_mask)
-        return x
+            last = index == self.num_res_blocks - 1
+            if self.attention is not None and (self.attention_every_block or last):
+                x = AttentionBlock(**self.attention, **kw)(x, text, text_mask)
+            outputs.append(x)
+        return x, outputs
 
 
 class UBlock(nn.Module):
-    """Concatenate the scaled skip, residual blocks, attention, then upsample last."""
+    """Join the scaled skip(s), residual blocks, attention, then upsample last."""
 
     features: int
     num_res_blocks: int
     upsample: bool
     attention: dict | None = None  # AttentionBlock fields, or None for no attention
+    attention_every_block: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, skip, conditioning, text, text_mask):
+    def __call__(self, x, skips, conditioning, text, text_mask):
+        """`skips`: one tensor (Efficient U-Net: the DBlock's output, joined before the
+        first residual block) or a list, one per residual block (ADM-style)."""
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        x = jnp.concatenate([x, skip * (1.0 / math.sqrt(2.0))], axis=-1)
-        for _ in range(self.num_res_blocks):
+        skips = list(skips) if isinstance(skips, list) else [skips]
+        for index in range(self.num_res_blocks):
+            if skips:
+                x = jnp.concatenate([x, skips.pop() * (1.0 / math.sqrt(2.0))], axis=-1)
             x = ResBlock(self.features, **kw)(x, conditioning)
-        if self.attention is not None:
-            x = AttentionBlock(**self.attention, **kw)(x, text, text_mask)
+            last = index == self.num_res_blocks - 1
+            if self.attention is not None and (self.attention_every_block or last):
+                x = AttentionBlock(**self.attention, **kw)(x, text, text_mask)
         if self.upsample:
             b, h, w, c = x.shape
             x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method="nearest")
@@ -203,6 +221,12 @@ class EfficientUNet(nn.Module):
     heads: int = 4
     head_dim: int = 32
     embed_dim: int = 512  # conditioning (noise level + pooled text) width
+    # False (Efficient U-Net): one skip per level, attention once per block.
+    # True (ADM-style, Imagen's base model): a skip from every residual block of the
+    # down path into one of the up path, and attention after every residual block.
+    dense_skips: bool = False
+    attention_every_block: bool = False  # attention after every residual block, not once per block
+    ff_mult: int = 0  # feed-forward width multiple in attention blocks (0: none)
     super_resolution: bool = False
     out_channels: int = 3
     dtype: Dtype = jnp.float32
@@ -225,7 +249,13 @@ class EfficientUNet(nn.Module):
         if self.super_resolution:
             aug = Dense(self.embed_dim, axes=(None, "mlp"), **kw)(logsnr_embedding(aug_logsnr, self.base_channels))
             conditioning = conditioning + aug
-        text = nn.LayerNorm(dtype=jnp.float32, param_dtype=self.param_dtype, name="text_norm")(text.astype(jnp.float32))
+        text = nn.LayerNorm(
+            dtype=jnp.float32,
+            param_dtype=self.param_dtype,
+            scale_init=named(nn.initializers.ones, ("norm",)),
+            bias_init=named(nn.initializers.zeros, ("norm",)),
+            name="text_norm",
+        )(text.astype(jnp.float32))
         mask = text_mask.astype(jnp.float32)[..., None]
         pooled = jnp.sum(text * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
         conditioning = conditioning + Dense(self.embed_dim, axes=(None, "mlp"), **kw)(pooled)
@@ -240,6 +270,7 @@ class EfficientUNet(nn.Module):
                 head_dim=self.head_dim,
                 self_attention=self.self_attention_levels[level],
                 cross_attention=self.cross_attention_levels[level],
+                ff_mult=self.ff_mult,
             )
 
         h = x.astype(self.dtype)
@@ -248,20 +279,22 @@ class EfficientUNet(nn.Module):
         h = nn.with_logical_constraint(Conv(self.base_channels, **kw)(h), ACTIVATION_IMAGE)
         skips = []
         for level, mult in enumerate(self.channel_mults):
-            h = DBlock(
+            h, outputs = DBlock(
                 self.base_channels * mult,
                 self.num_res_blocks[level],
                 downsample=level > 0,
                 attention=attention(level),
+                attention_every_block=self.attention_every_block,
                 **kw,
             )(h, conditioning, text, text_mask)
-            skips.append(h)
+            skips.append(outputs if self.dense_skips else h)
         for level in reversed(range(levels)):
             h = UBlock(
                 self.base_channels * self.channel_mults[level],
                 self.num_res_blocks[level],
                 upsample=level > 0,
                 attention=attention(level),
+                attention_every_block=self.attention_every_block,
                 **kw,
             )(h, skips.pop(), conditioning, text, text_mask)
         h = nn.silu(GroupNorm(32, **kw)(h))

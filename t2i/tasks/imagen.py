@@ -84,6 +84,9 @@ class ImagenTask(Task):
             heads=model.heads,
             head_dim=model.head_dim,
             embed_dim=model.embed_dim,
+            dense_skips=model.dense_skips,
+            attention_every_block=model.attention_every_block,
+            ff_mult=model.ff_mult,
             super_resolution=self.super_resolution,
         )
         text = config.text
