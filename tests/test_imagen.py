@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from t2i.config import load_config
 from t2i.data import pipeline
 from t2i.tasks import get_task

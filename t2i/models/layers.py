@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 Dtype = Any
@@ -66,6 +67,41 @@ class Dense(nn.Module):
             kernel_init=named(self.kernel_init, self.axes),
             bias_init=named(nn.initializers.zeros, (self.axes[1],)),
         )(x)
+
+
+class NamedProjection(nn.Module):
+    """x @ kernel (+ bias) with an N-d kernel created in its final, named shape.
+
+    Contracts the last `len(axes) - len(features)` dims of x; e.g. features (heads,
+    head_dim) with axes ("embed", "heads", "kv") splits a hidden state into heads, and
+    features (d_model,) with axes ("heads", "kv", "embed") merges them back. Flax's
+    DenseGeneral is not used: it initialises a flat 2-d kernel and reshapes it, so 3-d
+    logical names fail to apply under a mesh.
+    """
+
+    features: tuple[int, ...]
+    axes: tuple[str | None, ...]  # logical names of the kernel: contracted dims, then features
+    use_bias: bool = False
+    kernel_init: Any = nn.initializers.lecun_normal()
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    precision: Any = None
+
+    @nn.compact
+    def __call__(self, x):
+        num_in = len(self.axes) - len(self.features)
+        shape = tuple(x.shape[-num_in:]) + tuple(self.features)
+        kernel = self.param("kernel", named(self.kernel_init, self.axes), shape, self.param_dtype)
+        contract = (tuple(range(x.ndim - num_in, x.ndim)), tuple(range(num_in)))
+        y = jax.lax.dot_general(
+            x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())), precision=self.precision
+        )
+        if self.use_bias:
+            bias = self.param(
+                "bias", named(nn.initializers.zeros, self.axes[num_in:]), tuple(self.features), self.param_dtype
+            )
+            y = y + bias.astype(self.dtype)
+        return y
 
 
 class GroupNorm(nn.Module):

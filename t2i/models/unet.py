@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t2i.models.layers import Conv, Dense, GroupNorm, named
+from t2i.models.layers import Conv, Dense, GroupNorm, NamedProjection, named
 
 Dtype = Any
 ACTIVATION_IMAGE = ("activation_batch", "activation_height", "activation_width", "activation_channels")
@@ -75,18 +75,11 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, queries, context, context_mask=None):
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         batch = queries.shape[0]
 
         def project(name, x):
-            # self.param + einsum rather than DenseGeneral: DenseGeneral initialises a
-            # flattened kernel, which breaks the logical sharding of its 3-D shape.
-            kernel = self.param(
-                name,
-                named(nn.initializers.lecun_normal(), ("embed", "heads", "kv")),
-                (x.shape[-1], self.heads, self.head_dim),
-                self.param_dtype,
-            )
-            return jnp.einsum("bld,dhk->blhk", x.astype(self.dtype), kernel.astype(self.dtype))
+            return NamedProjection((self.heads, self.head_dim), ("embed", "heads", "kv"), name=name, **kw)(x)
 
         q, k, v = project("query", queries), project("key", context), project("value", context)
         null_kv = self.param(
@@ -103,13 +96,9 @@ class Attention(nn.Module):
             logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-        kernel = self.param(
-            "out",
-            named(nn.initializers.zeros, ("heads", "kv", "embed")),
-            (self.heads, self.head_dim, queries.shape[-1]),
-            self.param_dtype,
-        )
-        return jnp.einsum("bqhd,hde->bqe", out, kernel.astype(self.dtype))
+        return NamedProjection(
+            (queries.shape[-1],), ("heads", "kv", "embed"), kernel_init=nn.initializers.zeros, name="out", **kw
+        )(out)
 
 
 class AttentionBlock(nn.Module):

@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t2i.models.layers import named
+from t2i.models.layers import NamedProjection, named
 from t2i.parallel.mesh import LOGICAL_AXIS_RULES
 from t2i.parallel.partitioning import tree_shardings, with_sharding
 
@@ -148,30 +148,6 @@ class Embeddings(nn.Module):
         return layer_norm(x, config.layer_norm_eps, self.dtype, self.param_dtype, "norm")
 
 
-class HeadsDense(nn.Module):
-    """``x @ kernel + bias``, contracting x's last ``contract`` axes with a named N-D kernel.
-
-    Splits the hidden axis into (heads, head_dim) or merges it back. Flax's
-    DenseGeneral is not used: it initialises a flat 2-D kernel and reshapes it, so
-    its 3-D axis names fail to apply under a mesh.
-    """
-
-    kernel_shape: tuple[int, ...]
-    kernel_axes: tuple[str | None, ...]
-    contract: int = 1
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x):
-        init = nn.initializers.normal(0.02)
-        kernel = self.param("kernel", named(init, self.kernel_axes), self.kernel_shape, self.param_dtype)
-        bias_axes, bias_shape = self.kernel_axes[self.contract :], self.kernel_shape[self.contract :]
-        bias = self.param("bias", named(nn.initializers.zeros, bias_axes), bias_shape, self.param_dtype)
-        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=self.contract)
-        return y + bias.astype(self.dtype)
-
-
 class SelfAttention(nn.Module):
     """Multi-head self-attention over the unmasked keys; logits and softmax in f32."""
 
@@ -184,15 +160,18 @@ class SelfAttention(nn.Module):
         config = self.config
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         heads = (config.num_attention_heads, config.head_dim)
+        init = nn.initializers.normal(0.02)
         query, key, value = (
-            HeadsDense((config.hidden_size, *heads), ("embed", "heads", "kv"), name=name, **kw)(x)
+            NamedProjection(heads, ("embed", "heads", "kv"), use_bias=True, kernel_init=init, name=name, **kw)(x)
             for name in ("query", "key", "value")
         )
         logits = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32) / np.sqrt(config.head_dim)
         logits = jnp.where(attention_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
-        return HeadsDense((*heads, config.hidden_size), ("heads", "kv", "embed"), contract=2, name="output", **kw)(out)
+        return NamedProjection(
+            (config.hidden_size,), ("heads", "kv", "embed"), use_bias=True, kernel_init=init, name="output", **kw
+        )(out)
 
 
 class Mlp(nn.Module):

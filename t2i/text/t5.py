@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t2i.errors import UsageError
-from t2i.models.layers import named
+from t2i.models.layers import NamedProjection, named
 from t2i.parallel.mesh import LOGICAL_AXIS_RULES
 from t2i.parallel.partitioning import strip_boxes, tree_shardings
 from t2i.text.tokenizer import Tokenizer
@@ -203,31 +203,6 @@ class RelativePositionBias(nn.Module):
         return jnp.transpose(bias, (2, 0, 1))[None]
 
 
-class Projection(nn.Module):
-    """Bias-free projection contracting the last `len(in_axes)` dims with a named kernel.
-
-    Flax's `DenseGeneral` builds its kernel flat and reshapes it, which clashes with
-    3-d logical names under a mesh; this one creates the kernel in its final shape.
-    """
-
-    features: tuple[int, ...]
-    axes: tuple[str | None, ...]  # logical names of the kernel: input dims, then features
-    stddev: float
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-    precision: Any = None
-
-    @nn.compact
-    def __call__(self, x):
-        num_in = len(self.axes) - len(self.features)
-        shape = tuple(x.shape[-num_in:]) + tuple(self.features)
-        kernel = self.param("kernel", named(nn.initializers.normal(self.stddev), self.axes), shape, self.param_dtype)
-        contract = (tuple(range(x.ndim - num_in, x.ndim)), tuple(range(num_in)))
-        return jax.lax.dot_general(
-            x.astype(self.dtype), kernel.astype(self.dtype), (contract, ((), ())), precision=self.precision
-        )
-
-
 class SelfAttention(nn.Module):
     """Multi-head self-attention without biases or logit scaling; softmax in f32."""
 
@@ -246,7 +221,9 @@ class SelfAttention(nn.Module):
         stddev = {"query": (d_model * self.d_kv) ** -0.5, "key": d_model**-0.5, "value": d_model**-0.5}
         heads = (self.num_heads, self.d_kv)
         q, k, v = (
-            Projection(heads, ("embed", "heads", "kv"), stddev[name], name=name, **kw)(x)
+            NamedProjection(
+                heads, ("embed", "heads", "kv"), kernel_init=nn.initializers.normal(stddev[name]), name=name, **kw
+            )(x)
             for name in ("query", "key", "value")
         )
         heads_axes = ("activation_batch", "activation_length", "activation_heads", None)
@@ -257,7 +234,9 @@ class SelfAttention(nn.Module):
         y = jnp.einsum("bhqk,bkhd->bqhd", weights, v, precision=self.precision)
         y = nn.with_logical_constraint(y, heads_axes)
         out_stddev = (self.num_heads * self.d_kv) ** -0.5
-        return Projection((d_model,), ("heads", "kv", "embed"), out_stddev, name="out", **kw)(y)
+        return NamedProjection(
+            (d_model,), ("heads", "kv", "embed"), kernel_init=nn.initializers.normal(out_stddev), name="out", **kw
+        )(y)
 
 
 class FeedForward(nn.Module):
