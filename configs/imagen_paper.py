@@ -96,6 +96,7 @@ def get_config(arg=None):
             num_threads=16,
             prefetch=8,
             tokenizer="",
+            text_embeddings="",
             max_text_length=128,
         )
     )

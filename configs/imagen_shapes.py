@@ -4,10 +4,13 @@
   t2i train --config configs/imagen_shapes.py:stage=base --workdir runs/imagen_base
   t2i train --config configs/imagen_shapes.py:stage=sr --workdir runs/imagen_sr
 
-Arguments (comma separated): `stage=base|sr`; `tiny` shrinks everything for tests.
-Text: a learned embedding of the Shapes sentencepiece tokens (`text.source=tokens`);
-the frozen MiniLM encoder (`text.source=embeddings`, precomputed per data set) is the
-next step of issue 3.
+Arguments (comma separated): `stage=base|sr`; `text=tokens` conditions on a learned
+embedding of the Shapes sentencepiece tokens instead of the frozen MiniLM; `tiny`
+shrinks everything for tests.
+
+Text: the frozen, pretrained MiniLM-L6 encoder (as Imagen prescribes a frozen language
+model), its outputs precomputed once per build:
+  t2i data embed --encoder minilm --builder_config small
 """
 
 import ml_collections
@@ -20,6 +23,7 @@ from t2i.train.trainer import default_train_config
 def get_config(arg=None):
     args = parse_arg(arg)
     stage = args.get("stage", "base")
+    tokens = args.get("text") == "tokens"
     if stage not in ("base", "sr"):
         raise ValueError(f"stage must be base or sr, got {stage}")
     config = ml_collections.ConfigDict()
@@ -35,11 +39,14 @@ def get_config(arg=None):
             seed=0,
             num_threads=2,
             prefetch=4,
-            tokenizer="shapes",
+            tokenizer="shapes" if tokens else "",
+            text_embeddings="" if tokens else "minilm",
             max_text_length=24,
         )
     )
-    config.text = ml_collections.ConfigDict(dict(source="tokens", vocab_size=128, dim=128, max_length=24))
+    config.text = ml_collections.ConfigDict(
+        dict(source="tokens" if tokens else "embeddings", vocab_size=128, dim=128 if tokens else 384, max_length=24)
+    )
     config.model = ml_collections.ConfigDict(
         dict(
             resolution=32 if stage == "base" else 64,
@@ -103,7 +110,7 @@ def get_config(arg=None):
         config.model.self_attention_levels = (False, True) if stage == "base" else (False, False, False)
         config.model.cross_attention_levels = (False, True) if stage == "base" else (False, False, True)
         config.model.embed_dim = 64
-        config.text.dim = 32
+        config.text.dim = 32 if tokens else 384
         config.model.heads = 2
         config.model.head_dim = 16
         config.sampling.steps = 4

@@ -32,6 +32,7 @@ def get_config(arg=None):
             num_threads=2,
             prefetch=4,
             tokenizer="",
+            text_embeddings="",
             max_text_length=24,
         )
     )

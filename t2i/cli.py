@@ -124,6 +124,26 @@ def _cmd_data_preview(args, overrides) -> int:
     return 0
 
 
+def _cmd_data_embed(args, overrides) -> int:
+    import ml_collections
+
+    from t2i.data import pipeline
+    from t2i.data.shapes_tfds import SPLITS
+    from t2i.text.embeddings import make_encoder, table_dir, write_table
+
+    data = ml_collections.ConfigDict(dict(builder_config=args.builder_config, data_dir=args.data_dir))
+    captions = []
+    for split in SPLITS:
+        source = pipeline.data_source(data, split)  # one-line error if the build is missing
+        captions.extend(pipeline.to_arrays(source[i])["caption"] for i in range(len(source)))
+    out = table_dir(pipeline.build_dir(data), args.encoder, args.max_length)
+    ensure_writable_dir(os.path.dirname(out))
+    count = write_table(captions, make_encoder(args.encoder, args.max_length), out)
+    print(f"encoded {count} distinct captions of {len(captions)} examples into {out}")
+    print(f"train with: --config.data.text_embeddings={args.encoder} --config.data.max_text_length={args.max_length}")
+    return 0
+
+
 def _cmd_data_tokenizer(args, overrides) -> int:
     from t2i.text.tokenizer import train_sentencepiece
 
@@ -199,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--size", type=int, default=64)
     d.add_argument("--out", required=True)
     d.set_defaults(handler=_cmd_data_preview)
+
+    d = data.add_parser("embed", help="precompute frozen text-encoder outputs for every caption of a build")
+    d.add_argument("--encoder", default="minilm", help="minilm")
+    d.add_argument("--builder_config", default="small")
+    d.add_argument("--data_dir", default="data/tfds")
+    d.add_argument("--max_length", type=int, default=24, help="tokens per caption (padded/truncated)")
+    d.set_defaults(handler=_cmd_data_embed)
 
     d = data.add_parser("tokenizer", help="train a sentencepiece model on a caption file")
     d.add_argument("--captions", default=None, help="one caption per line (default: Shapes train captions)")

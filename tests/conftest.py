@@ -28,3 +28,21 @@ def tiny_config(tiny_data_dir):
     from t2i.config import load_config
 
     return load_config(os.path.join(REPO, "configs/shapes_classifier.py:tiny"), [f"data.data_dir={tiny_data_dir}"])
+
+
+@pytest.fixture(scope="session")
+def tiny_embeddings(tiny_data_dir):
+    """MiniLM outputs for every caption of the tiny build (what `t2i data embed` writes)."""
+    import ml_collections
+
+    from t2i.data import pipeline
+    from t2i.data.shapes_tfds import SPLITS
+    from t2i.text.embeddings import make_encoder, table_dir, write_table
+
+    data = ml_collections.ConfigDict(dict(builder_config="tiny", data_dir=tiny_data_dir))
+    captions = []
+    for split in SPLITS:
+        source = pipeline.data_source(data, split)
+        captions.extend(pipeline.to_arrays(source[i])["caption"] for i in range(len(source)))
+    write_table(captions, make_encoder("minilm", 24), table_dir(pipeline.build_dir(data), "minilm", 24))
+    return tiny_data_dir

@@ -31,19 +31,32 @@ def test_paper_parameter_counts(stage, expected):
     assert all(len(spec) > 0 for spec in specs)  # every weight carries logical axis names
 
 
-def _config(stage, data_dir, *overrides):
-    return load_config(f"{SHAPES}:stage={stage},tiny", [f"data.data_dir={data_dir}", *overrides])
+def _config(arg, data_dir, *overrides):
+    return load_config(f"{SHAPES}:{arg},tiny", [f"data.data_dir={data_dir}", *overrides])
 
 
-def test_sr_stage_trains_through_the_generic_trainer(tiny_data_dir, tmp_path):
-    config = _config("sr", tiny_data_dir, "train.num_steps=2", "train.checkpoint_every=2")
+def test_precomputed_minilm_embeddings_reach_the_batch(tiny_embeddings):
+    from t2i.text.minilm import MiniLMEncoder
+
+    config = _config("stage=base", tiny_embeddings)
+    batch = next(pipeline.eval_batches(config.data, "test", 4, limit=4))
+    assert batch["text_embeddings"].shape == (4, 24, 384) and batch["text_embeddings"].dtype == np.float32
+    expected, mask = MiniLMEncoder.from_package(max_length=24).encode(list(batch["caption"]))
+    np.testing.assert_array_equal(batch["text_mask"], mask)
+    np.testing.assert_allclose(batch["text_embeddings"], np.asarray(expected), atol=2e-3)  # stored as fp16
+
+
+def test_sr_stage_trains_through_the_generic_trainer(tiny_embeddings, tmp_path):
+    config = _config("stage=sr", tiny_embeddings, "train.num_steps=2", "train.checkpoint_every=2")
     result = train(config, str(tmp_path), progress=False)
     losses = [row["loss"] for row in result.history]
     assert len(losses) == 2 and all(np.isfinite(losses)) and 0.05 < losses[0] < 5.0
 
 
 def test_base_sampling_with_guidance_and_thresholding(tiny_data_dir):
-    config = _config("base", tiny_data_dir, "sampling.guidance_weight=3.0", "sampling.thresholding=dynamic")
+    config = _config(
+        "stage=base,text=tokens", tiny_data_dir, "sampling.guidance_weight=3.0", "sampling.thresholding=dynamic"
+    )
     task = get_task(config)
     params = nn.unbox(task.init(jax.random.key(0)))
     host = next(pipeline.eval_batches(config.data, "test", 4, limit=4))

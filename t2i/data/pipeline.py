@@ -63,12 +63,18 @@ def to_arrays(example: dict) -> dict:
 
 
 def text_transform(data: ml_collections.ConfigDict) -> Transform | None:
-    """Adds `tokens` int32 [L] and `text_mask` bool [L] when `data.tokenizer` is set.
+    """Adds `tokens` int32 [L] and `text_mask` bool [L] when `data.tokenizer` is set, or
+    precomputed encoder outputs when `data.text_embeddings` names an encoder.
 
     `data.tokenizer` is "shapes" (the shipped model) or a path to any sentencepiece
     model (T5's spiece.model included); `data.max_text_length` is L.
     """
     name = data.get("tokenizer", "")
+    encoder = data.get("text_embeddings", "")
+    if name and encoder:
+        raise UsageError("set one of data.tokenizer and data.text_embeddings, not both")
+    if encoder:
+        return embedding_transform(data, encoder)
     if not name:
         return None
     from t2i.text.tokenizer import Tokenizer, default_shapes_tokenizer
@@ -81,6 +87,25 @@ def text_transform(data: ml_collections.ConfigDict) -> Transform | None:
         return {**example, "tokens": ids[0], "text_mask": mask[0]}
 
     return add_tokens
+
+
+def build_dir(data: ml_collections.ConfigDict) -> str:
+    """The folder of the built data set (where derived tables such as text embeddings live)."""
+    return str(shapes_tfds.builder(data.builder_config, data.data_dir).data_dir)
+
+
+def embedding_transform(data: ml_collections.ConfigDict, encoder: str) -> Transform:
+    """Adds precomputed frozen-encoder outputs: `text_embeddings` float32 [L, D] and
+    `text_mask` bool [L] (`t2i data embed` writes them)."""
+    from t2i.text.embeddings import EmbeddingTable, table_dir
+
+    table = EmbeddingTable(table_dir(build_dir(data), encoder, int(data.max_text_length)))
+
+    def add_embeddings(example: dict) -> dict:
+        embeddings, mask = table.lookup(example["caption"])
+        return {**example, "text_embeddings": embeddings, "text_mask": mask}
+
+    return add_embeddings
 
 
 def _compose(*transforms: Transform | None) -> Transform:
