@@ -74,7 +74,18 @@ def _cmd_sample(args, overrides) -> int:
         raise UsageError("give exactly one of --prompt TEXT or --prompts FILE")
     prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
     ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)) or ".")
-    manifest = run_pipeline(args.pipeline, prompts, args.out, seed=args.seed, size=args.size)
+    options = dict(
+        size=args.size,
+        checkpoints=args.checkpoint,
+        batch_size=args.batch_size,
+        sampler=args.sampler,
+        steps=args.steps,
+        guidance_weight=args.guidance,
+        thresholding=args.thresholding,
+        percentile=args.percentile,
+        noise_aug_level=args.aug_level,
+    )
+    manifest = run_pipeline(args.pipeline, prompts, args.out, seed=args.seed, options=options)
     print(f"wrote {len(prompts)} images and {manifest}")
     return 0
 
@@ -183,12 +194,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate images for prompts",
         description="Generate one image per prompt; writes PNGs and manifest.jsonl.",
     )
-    p.add_argument("--pipeline", default="oracle", help="which sampler (oracle: renders a scene the prompt asks for)")
+    p.add_argument(
+        "--pipeline",
+        default="oracle",
+        help="imagen (the cascade from --checkpoint workdirs) or oracle (renders a scene the prompt asks for)",
+    )
     p.add_argument("--prompt", help="one prompt")
     p.add_argument("--prompts", help="a text file with one prompt per line")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=64, help="image side in pixels")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (oracle)")
+    p.add_argument("--checkpoint", action="append", help="a stage's training workdir, base first (imagen)")
+    p.add_argument("--batch_size", type=int, default=16)
+    stage_help = " (comma-separated: one value per stage, or one for all)"
+    p.add_argument("--sampler", help="ddpm | ddim | dpmpp_2m" + stage_help)
+    p.add_argument("--steps", help="sampling steps" + stage_help)
+    p.add_argument("--guidance", help="classifier-free guidance weight" + stage_help)
+    p.add_argument("--thresholding", help="none | static | dynamic" + stage_help)
+    p.add_argument("--percentile", help="dynamic thresholding percentile" + stage_help)
+    p.add_argument("--aug_level", help="noise-conditioning augmentation level of SR stages" + stage_help)
     p.set_defaults(handler=_cmd_sample)
 
     p = commands.add_parser("eval", help="score images against their prompts")

@@ -12,6 +12,7 @@ when every image is done, so a failure leaves no half-written output.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -24,17 +25,21 @@ from PIL import Image
 from t2i.data import shapes
 from t2i.errors import UsageError
 
-Pipeline = Callable[[Sequence[str], int, int], tuple[np.ndarray, dict]]
+# pipeline(prompts, seed, options) -> (uint8 images [N, S, S, 3], settings for the manifest)
+Pipeline = Callable[[Sequence[str], int, dict], tuple[np.ndarray, dict]]
 
 
 def _random_size(rng: np.random.Generator) -> str:
     return tuple(shapes.SIZES)[rng.integers(len(shapes.SIZES))]
 
 
-def oracle_pipeline(prompts: Sequence[str], seed: int, size: int) -> tuple[np.ndarray, dict]:
+def oracle_pipeline(prompts: Sequence[str], seed: int, options: dict) -> tuple[np.ndarray, dict]:
     """Renders, for each prompt, a random scene that satisfies it."""
     from t2i.evaluation.shapes_eval import parse_caption
 
+    size = int(options.get("size", 64))
+    if size < 16:
+        raise UsageError(f"--size must be at least 16, got {size}")
     images = []
     for index, prompt in enumerate(prompts):
         request = parse_caption(prompt)
@@ -55,18 +60,65 @@ def oracle_pipeline(prompts: Sequence[str], seed: int, size: int) -> tuple[np.nd
     return np.stack(images), {"pipeline": "oracle", "size": size}
 
 
-PIPELINES: dict[str, Pipeline] = {"oracle": oracle_pipeline}
+def imagen_pipeline(prompts: Sequence[str], seed: int, options: dict) -> tuple[np.ndarray, dict]:
+    """The Imagen cascade from training workdirs (`--checkpoint`, base first)."""
+    from t2i.cascade import StageSettings, load_stage, run_cascade
+
+    workdirs = options.get("checkpoints") or []
+    if not workdirs:
+        raise UsageError(
+            "the imagen pipeline needs --checkpoint WORKDIR per stage (base first); "
+            "no reference checkpoints are committed yet"
+        )
+    stages = [load_stage(workdir) for workdir in workdirs]
+    settings = [StageSettings(**per_stage) for per_stage in stage_options(options, len(stages))]
+    images = run_cascade(stages, settings, prompts, seed, batch_size=int(options.get("batch_size", 16)))
+    described = [
+        dict(workdir=stage.workdir, step=stage.step, **dataclasses.asdict(setting))
+        for stage, setting in zip(stages, settings)
+    ]
+    return images, {"pipeline": "imagen", "stages": described}
 
 
-def run_pipeline(name: str, prompts: Sequence[str], out_dir: str, seed: int = 0, size: int = 64) -> str:
+STAGE_OPTIONS = {
+    "sampler": str,
+    "steps": int,
+    "guidance_weight": float,
+    "thresholding": str,
+    "percentile": float,
+    "noise_aug_level": float,
+}
+
+
+def stage_options(options: dict, num_stages: int) -> list[dict]:
+    """Per-stage settings from comma-separated option strings ("5,3": base 5, SR 3;
+    one value serves every stage)."""
+    per_stage = [dict() for _ in range(num_stages)]
+    for name, kind in STAGE_OPTIONS.items():
+        text = options.get(name)
+        if text is None:
+            continue
+        values = str(text).split(",")
+        if len(values) not in (1, num_stages):
+            raise UsageError(f"--{name} has {len(values)} values for {num_stages} stages")
+        for index in range(num_stages):
+            try:
+                per_stage[index][name] = kind(values[index if len(values) > 1 else 0])
+            except ValueError:
+                raise UsageError(f"bad value for --{name}: {text!r}") from None
+    return per_stage
+
+
+PIPELINES: dict[str, Pipeline] = {"oracle": oracle_pipeline, "imagen": imagen_pipeline}
+
+
+def run_pipeline(name: str, prompts: Sequence[str], out_dir: str, seed: int = 0, options: dict | None = None) -> str:
     """Samples one image per prompt into `out_dir`; returns the manifest path."""
     if name not in PIPELINES:
         raise UsageError(f"unknown sampling pipeline '{name}' (known: {', '.join(sorted(PIPELINES))})")
-    if size < 16:
-        raise UsageError(f"--size must be at least 16, got {size}")
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         raise UsageError(f"output folder {out_dir} exists and is not empty")
-    images, settings = PIPELINES[name](prompts, seed, size)
+    images, settings = PIPELINES[name](prompts, seed, dict(options or {}))
     parent = os.path.dirname(os.path.abspath(out_dir))
     staging = tempfile.mkdtemp(prefix=".t2i_sample_", dir=parent)
     try:

@@ -1,5 +1,6 @@
 """Imagen: the Efficient U-Net, the stage task through the trainer, paper-scale sizes."""
 
+import json
 import os
 
 import flax.linen as nn
@@ -8,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import REPO
+from PIL import Image
 
 from t2i.config import load_config
 from t2i.data import pipeline
@@ -46,11 +48,64 @@ def test_precomputed_minilm_embeddings_reach_the_batch(tiny_embeddings):
     np.testing.assert_allclose(batch["text_embeddings"], np.asarray(expected), atol=2e-3)  # stored as fp16
 
 
-def test_sr_stage_trains_through_the_generic_trainer(tiny_embeddings, tmp_path):
-    config = _config("stage=sr", tiny_embeddings, "train.num_steps=2", "train.checkpoint_every=2")
-    result = train(config, str(tmp_path), progress=False)
-    losses = [row["loss"] for row in result.history]
-    assert len(losses) == 2 and all(np.isfinite(losses)) and 0.05 < losses[0] < 5.0
+@pytest.fixture(scope="module")
+def trained_stages(tiny_embeddings, tmp_path_factory):
+    """A tiny base and SR stage, two steps each, through the generic trainer."""
+    runs = {}
+    for stage in ("base", "sr"):
+        workdir = str(tmp_path_factory.mktemp(f"imagen_{stage}"))
+        config = _config(f"stage={stage}", tiny_embeddings, "train.num_steps=2", "train.checkpoint_every=2")
+        runs[stage] = (workdir, train(config, workdir, progress=False))
+    return runs
+
+
+def test_stages_train_through_the_generic_trainer(trained_stages):
+    for stage, (_, result) in trained_stages.items():
+        losses = [row["loss"] for row in result.history]
+        assert len(losses) == 2 and all(np.isfinite(losses)) and 0.05 < losses[0] < 5.0, (stage, losses)
+
+
+def test_cascade_sample_command_writes_a_manifest_eval_reads(trained_stages, tmp_path, capsys):
+    from t2i.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\ntwo blue squares\na green triangle above a purple square\n")
+    base, sr = trained_stages["base"][0], trained_stages["sr"][0]
+    argv = [
+        "sample",
+        "--pipeline",
+        "imagen",
+        "--checkpoint",
+        base,
+        "--checkpoint",
+        sr,
+        "--prompts",
+        str(prompts),
+        "--out",
+        str(tmp_path / "out"),
+        "--steps",
+        "3,2",
+        "--guidance",
+        "4,2",
+        "--batch_size",
+        "2",
+    ]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in open(tmp_path / "out/manifest.jsonl")]
+    assert [row["prompt"] for row in rows] == [
+        "a red circle",
+        "two blue squares",
+        "a green triangle above a purple square",
+    ]
+    stages = rows[0]["settings"]["stages"]
+    assert [s["steps"] for s in stages] == [3, 2] and [s["guidance_weight"] for s in stages] == [4.0, 2.0]
+    assert np.asarray(Image.open(tmp_path / "out" / rows[0]["image"])).shape == (64, 64, 3)
+    capsys.readouterr()
+    assert main(["eval", "shapes", str(tmp_path / "out")]) == 0  # the evaluator reads it
+    bad = argv[: argv.index("--out")] + ["--out", str(tmp_path / "out2"), "--steps", "1,2,3"]
+    assert main(bad) == 2
+    assert "--steps has 3 values for 2 stages" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
 
 
 def test_base_sampling_with_guidance_and_thresholding(tiny_data_dir):
