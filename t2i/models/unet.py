@@ -169,6 +169,7 @@ class UBlock(nn.Module):
     upsample: bool
     attention: dict | None = None  # AttentionBlock fields, or None for no attention
     attention_every_block: bool = False
+    upsample_features: int = 0  # channels after upsampling (0: unchanged)
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -188,7 +189,9 @@ class UBlock(nn.Module):
         if self.upsample:
             b, h, w, c = x.shape
             x = jax.image.resize(x, (b, 2 * h, 2 * w, c), method="nearest")
-            x = Conv(c, **kw)(x)
+            # Straight to the next level's (smaller) width: this conv runs at the higher
+            # resolution, and keeping c channels there cost ~20% of a small U-Net's FLOPs.
+            x = Conv(self.upsample_features or c, **kw)(x)
         return x
 
 
@@ -284,6 +287,7 @@ class EfficientUNet(nn.Module):
                 upsample=level > 0,
                 attention=attention(level),
                 attention_every_block=self.attention_every_block,
+                upsample_features=self.base_channels * self.channel_mults[level - 1] if level > 0 else 0,
                 **kw,
             )(h, skips.pop(), conditioning, text, text_mask)
         h = nn.silu(GroupNorm(32, **kw)(h))

@@ -1,0 +1,144 @@
+"""U-Net training throughput: t2i's Efficient U-Net against imagen-pytorch, same run.
+
+  python benchmarks/unet_throughput.py [--torch_python .venv-ref/bin/python] [--steps 20]
+
+The configuration is imagen-pytorch's `Unet(dim=64, dim_mults=(1, 2, 4),
+num_resnet_blocks=2, layer_attns=(False, False, True), layer_cross_attns=(False, True,
+True), attn_heads=4, attn_dim_head=32)`, 32x32 images, batch 16, 16 text tokens of
+width 384, fp32, Adam, one denoising loss step. Both sides time the same number of
+steps after warm-up and report the median images per second; imagen-pytorch runs in a
+subprocess of `--torch_python` (a venv with torch and imagen-pytorch; it needs no
+weights: its T5 look-up is answered offline by passing text embeddings directly).
+Results go in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+BATCH, SIZE, TOKENS, WIDTH = 16, 32, 16, 384
+
+TORCH_SIDE = r"""
+import json, statistics, sys, time, types
+import torch
+torch.set_num_threads(int(sys.argv[2]))
+# imagen-pytorch imports torchvision.transforms for its data augmentation only; PyPI's
+# torchvision does not load beside the CPU torch build here, and the U-Net never uses it.
+try:
+    import torchvision.transforms  # noqa: F401
+except Exception:
+    import importlib.machinery
+    # transformers must settle "no torchvision" before the stub appears.
+    from transformers import T5Config, T5EncoderModel, T5Tokenizer  # noqa: F401
+    from transformers.utils import import_utils
+    import_utils.is_torchvision_available()
+    stub = types.ModuleType("torchvision"); stub.transforms = types.ModuleType("torchvision.transforms")
+    stub.__spec__ = importlib.machinery.ModuleSpec("torchvision", None)
+    stub.transforms.__spec__ = importlib.machinery.ModuleSpec("torchvision.transforms", None)
+    sys.modules["torchvision"] = stub; sys.modules["torchvision.transforms"] = stub.transforms
+# Unet's default text width is looked up from the hub's T5 config at import time; answer
+# offline (the benchmark passes its own 384-wide embeddings anyway).
+import transformers
+transformers.T5Config.from_pretrained = classmethod(lambda cls, *a, **k: cls(d_model=1024))
+from imagen_pytorch import Unet
+unet = Unet(dim=64, dim_mults=(1, 2, 4), num_resnet_blocks=2, layer_attns=(False, False, True),
+            layer_cross_attns=(False, True, True), attn_heads=4, attn_dim_head=32, text_embed_dim=384, cond_dim=None,
+            channels=3)
+opt = torch.optim.Adam(unet.parameters(), lr=1e-4)
+x = torch.randn(16, 3, 32, 32); t = torch.rand(16); text = torch.randn(16, 16, 384); mask = torch.ones(16, 16, dtype=torch.bool)
+def step():
+    opt.zero_grad(set_to_none=True)
+    out = unet(x, t, text_embeds=text, text_mask=mask)
+    loss = torch.nn.functional.mse_loss(out, x)
+    loss.backward(); opt.step()
+for _ in range(3): step()
+times = []
+for _ in range(int(sys.argv[1])):
+    start = time.perf_counter(); step(); times.append(time.perf_counter() - start)
+params = sum(p.numel() for p in unet.parameters())
+print(json.dumps({"images_per_second": 16 / statistics.median(times), "parameters": params}))
+"""
+
+
+def t2i_side(steps: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from t2i.diffusion import gaussian, schedules
+    from t2i.models.unet import EfficientUNet
+
+    unet = EfficientUNet(base_channels=64, channel_mults=(1, 2, 4), num_res_blocks=(2, 2, 2),
+                         self_attention_levels=(False, False, True), cross_attention_levels=(False, True, True),
+                         heads=4, head_dim=32, embed_dim=256)
+    rng = jax.random.key(0)
+    x0 = jax.random.normal(rng, (BATCH, SIZE, SIZE, 3))
+    text = jax.random.normal(rng, (BATCH, TOKENS, WIDTH))
+    mask = jnp.ones((BATCH, TOKENS), bool)
+    params = unet.init(rng, x0, jnp.zeros(BATCH), text, mask)
+    tx = optax.adam(1e-4)
+    opt_state = tx.init(params)
+    schedule = schedules.cosine()
+
+    def step(params, opt_state, rng):
+        def loss_fn(p):
+            noise_rng, time_rng = jax.random.split(rng)
+            logsnr = gaussian.sample_training_logsnr(time_rng, BATCH, schedule)
+            eps = jax.random.normal(noise_rng, x0.shape)
+            out = unet.apply(p, gaussian.diffuse(x0, eps, logsnr), logsnr, text, mask)
+            return gaussian.diffusion_loss(out, x0, eps, logsnr, "v")
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, rng).compile()
+    for i in range(3):
+        params, opt_state, loss = compiled(params, opt_state, jax.random.fold_in(rng, i))
+    jax.block_until_ready(loss)
+    times = []
+    for i in range(steps):
+        start = time.perf_counter()
+        params, opt_state, loss = compiled(params, opt_state, jax.random.fold_in(rng, 100 + i))
+        jax.block_until_ready(loss)
+        times.append(time.perf_counter() - start)
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return {
+        "images_per_second": BATCH / statistics.median(times),
+        "parameters": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
+        "gflop_per_step": float(cost.get("flops", 0.0)) / 1e9 if cost else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--torch_python", default=os.path.join(".venv-ref", "bin", "python"))
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+    ours = t2i_side(args.steps)
+    print(f"t2i EfficientUNet: {ours['images_per_second']:.2f} images/s, {ours['parameters'] / 1e6:.2f}M params, "
+          f"{ours['gflop_per_step']:.1f} GFLOP/step")
+    if not os.path.exists(args.torch_python):
+        print(f"imagen-pytorch: skipped ({args.torch_python} not found)")
+        return
+    result = subprocess.run([args.torch_python, "-c", TORCH_SIDE, str(args.steps), str(args.threads)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        print("imagen-pytorch failed:\n" + result.stderr[-2000:], file=sys.stderr)
+        sys.exit(1)
+    theirs = json.loads(result.stdout.strip().splitlines()[-1])
+    print(f"imagen-pytorch Unet: {theirs['images_per_second']:.2f} images/s, {theirs['parameters'] / 1e6:.2f}M params")
+    print(f"ratio (t2i / imagen-pytorch): {ours['images_per_second'] / theirs['images_per_second']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
