@@ -51,7 +51,8 @@ unet = Unet(dim=64, dim_mults=(1, 2, 4), num_resnet_blocks=2, layer_attns=(False
             layer_cross_attns=(False, True, True), attn_heads=4, attn_dim_head=32, text_embed_dim=384, cond_dim=None,
             channels=3)
 opt = torch.optim.Adam(unet.parameters(), lr=1e-4)
-x = torch.randn(16, 3, 32, 32); t = torch.rand(16); text = torch.randn(16, 16, 384); mask = torch.ones(16, 16, dtype=torch.bool)
+x = torch.randn(16, 3, 32, 32); t = torch.rand(16)
+text = torch.randn(16, 16, 384); mask = torch.ones(16, 16, dtype=torch.bool)
 def step():
     opt.zero_grad(set_to_none=True)
     out = unet(x, t, text_embeds=text, text_mask=mask)
@@ -75,9 +76,16 @@ def t2i_side(steps: int) -> dict:
     from t2i.diffusion import gaussian, schedules
     from t2i.models.unet import EfficientUNet
 
-    unet = EfficientUNet(base_channels=64, channel_mults=(1, 2, 4), num_res_blocks=(2, 2, 2),
-                         self_attention_levels=(False, False, True), cross_attention_levels=(False, True, True),
-                         heads=4, head_dim=32, embed_dim=256)
+    unet = EfficientUNet(
+        base_channels=64,
+        channel_mults=(1, 2, 4),
+        num_res_blocks=(2, 2, 2),
+        self_attention_levels=(False, False, True),
+        cross_attention_levels=(False, True, True),
+        heads=4,
+        head_dim=32,
+        embed_dim=256,
+    )
     rng = jax.random.key(0)
     x0 = jax.random.normal(rng, (BATCH, SIZE, SIZE, 3))
     text = jax.random.normal(rng, (BATCH, TOKENS, WIDTH))
@@ -125,13 +133,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args()
     ours = t2i_side(args.steps)
-    print(f"t2i EfficientUNet: {ours['images_per_second']:.2f} images/s, {ours['parameters'] / 1e6:.2f}M params, "
-          f"{ours['gflop_per_step']:.1f} GFLOP/step")
+    print(
+        f"t2i EfficientUNet: {ours['images_per_second']:.2f} images/s, {ours['parameters'] / 1e6:.2f}M params, "
+        f"{ours['gflop_per_step']:.1f} GFLOP/step"
+    )
     if not os.path.exists(args.torch_python):
         print(f"imagen-pytorch: skipped ({args.torch_python} not found)")
         return
-    result = subprocess.run([args.torch_python, "-c", TORCH_SIDE, str(args.steps), str(args.threads)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [args.torch_python, "-c", TORCH_SIDE, str(args.steps), str(args.threads)], capture_output=True, text=True
+    )
     if result.returncode != 0:
         print("imagen-pytorch failed:\n" + result.stderr[-2000:], file=sys.stderr)
         sys.exit(1)
