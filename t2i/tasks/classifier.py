@@ -151,7 +151,9 @@ class ShapesClassifierTask(Task):
     def visualize(self, params, batch, rng, host_batch):
         """Test images with their caption and what the classifier saw in them."""
         del rng
-        pred = jax.device_get(self.predict(params, batch[self.image_key]))
+        if not hasattr(self, "_jitted_predict"):  # compiled once, not op by op at every grid
+            self._jitted_predict = jax.jit(self.predict)
+        pred = jax.device_get(self._jitted_predict(params, batch[self.image_key]))
         texts = []
         for i, caption in enumerate(host_batch["caption"]):
             seen = []

@@ -197,5 +197,7 @@ class ImagenTask(Task):
         return to_uint8(images)
 
     def visualize(self, params, batch, rng, host_batch):
-        images = jax.jit(lambda p, b, r: self.sample(p, b, r))(params, batch, rng)
+        if not hasattr(self, "_jitted_sample"):  # compiled once, not at every grid
+            self._jitted_sample = jax.jit(lambda p, b, r: self.sample(p, b, r))
+        images = self._jitted_sample(params, batch, rng)
         return np.asarray(jax.device_get(images)), list(host_batch["caption"])
