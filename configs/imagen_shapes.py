@@ -47,15 +47,21 @@ def get_config(arg=None):
     config.text = ml_collections.ConfigDict(
         dict(source="tokens" if tokens else "embeddings", vocab_size=128, dim=128 if tokens else 384, max_length=24)
     )
+    # Base: 32 px, 3.0M parameters, 53 GFLOP per batch-32 training step (about 1.3 s on
+    # 2 cores); the earlier 64-channel, 11.8M variant cost 217 GFLOP (about 5.2 s).
+    # SR 32 -> 64: trained on 32 x 32 crops of the 64 px image (4x cheaper per example,
+    # as Imagen trains its last stage on crops), no self-attention, text
+    # cross-attention at the lowest level only.
     config.model = ml_collections.ConfigDict(
         dict(
             resolution=32 if stage == "base" else 64,
             low_resolution=0 if stage == "base" else 32,
-            base_channels=64,
-            channel_mults=(1, 2, 4) if stage == "base" else (1, 2, 4, 4),
-            num_res_blocks=(1, 2, 3) if stage == "base" else (1, 1, 2, 3),
-            self_attention_levels=(False, False, True) if stage == "base" else (False, False, False, False),
-            cross_attention_levels=(False, True, True) if stage == "base" else (False, False, False, True),
+            train_crop=0 if stage == "base" else 32,
+            base_channels=32,
+            channel_mults=(1, 2, 4),
+            num_res_blocks=(1, 2, 2),
+            self_attention_levels=(False, False, True) if stage == "base" else (False, False, False),
+            cross_attention_levels=(False, True, True) if stage == "base" else (False, False, True),
             heads=4,
             head_dim=32,
             embed_dim=256,
@@ -88,16 +94,18 @@ def get_config(arg=None):
         )
     )
     config.optimizer = default_optimizer_config()
-    config.optimizer.learning_rate = 3e-4
-    config.optimizer.warmup_steps = 200
+    config.optimizer.learning_rate = 1e-3
+    config.optimizer.warmup_steps = 100
+    config.optimizer.end_lr_fraction = 0.1
     config.train = default_train_config()
-    config.train.num_steps = 20_000
+    config.train.num_steps = 3200 if stage == "base" else 800
     config.train.log_every = 50
-    config.train.checkpoint_every = 500
+    config.train.checkpoint_every = 250
+    config.train.keep_checkpoints = 20  # every one is a point of the learning curve
     config.train.ema_decay = 0.999
     config.train.eval_every = 0
     config.train.eval_split = "test"
-    config.train.sample_every = 1000
+    config.train.sample_every = 0  # sampling costs minutes of CPU; score checkpoints afterwards
     config.train.num_samples = 16
     config.train.sample_scale = 2
     if args.get("tiny"):
@@ -105,10 +113,10 @@ def get_config(arg=None):
         config.data.batch_size = 8
         config.data.num_threads = 0
         config.model.base_channels = 32
-        config.model.channel_mults = (1, 2) if stage == "base" else (1, 2, 2)
-        config.model.num_res_blocks = (1, 1) if stage == "base" else (1, 1, 1)
-        config.model.self_attention_levels = (False, True) if stage == "base" else (False, False, False)
-        config.model.cross_attention_levels = (False, True) if stage == "base" else (False, False, True)
+        config.model.channel_mults = (1, 2)
+        config.model.num_res_blocks = (1, 1)
+        config.model.self_attention_levels = (False, True) if stage == "base" else (False, False)
+        config.model.cross_attention_levels = (False, True)
         config.model.embed_dim = 64
         config.text.dim = 32 if tokens else 384
         config.model.heads = 2

@@ -1,4 +1,4 @@
-"""`t2i train | sample | eval | data`: one argparse CLI for every family.
+"""`t2i train | sample | export | eval | data`: one argparse CLI for every family.
 
 Every user mistake (a missing data set, an unknown config key, an empty prompts file,
 an unwritable folder) ends as one line `t2i: error: ...` and exit code 2, before any
@@ -70,9 +70,15 @@ def _cmd_train(args, overrides) -> int:
 def _cmd_sample(args, overrides) -> int:
     from t2i.sampling import run_pipeline
 
-    if (args.prompt is None) == (args.prompts is None):
-        raise UsageError("give exactly one of --prompt TEXT or --prompts FILE")
-    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
+    sources = [args.prompt is not None, args.prompts is not None, args.split is not None]
+    if sum(sources) != 1:
+        raise UsageError("give exactly one of --prompt TEXT, --prompts FILE or --split SPLIT")
+    if args.prompt is not None:
+        prompts = [args.prompt]
+    elif args.prompts is not None:
+        prompts = read_prompts(args.prompts)
+    else:
+        prompts = split_prompts(args.split, args.num)
     ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)) or ".")
     options = dict(
         size=args.size,
@@ -87,6 +93,28 @@ def _cmd_sample(args, overrides) -> int:
     )
     manifest = run_pipeline(args.pipeline, prompts, args.out, seed=args.seed, options=options)
     print(f"wrote {len(prompts)} images and {manifest}")
+    return 0
+
+
+def split_prompts(split: str, num: int) -> list[str]:
+    """The first `num` captions of a Shapes split, from the spec's generator (the same
+    captions a build of that split holds; no build needed)."""
+    from t2i.data import shapes
+
+    if split not in shapes.SPLIT_SEEDS:
+        raise UsageError(f"unknown split '{split}' (known: {', '.join(shapes.SPLIT_SEEDS)})")
+    if num < 1:
+        raise UsageError(f"--num must be at least 1, got {num}")
+    return [shapes.scene_for(split, index).caption for index in range(num)]
+
+
+# ---------------------------------------------------------------------------- export
+def _cmd_export(args, overrides) -> int:
+    from t2i.cascade import export_stage
+
+    ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)))
+    path = export_stage(args.workdir, args.out, args.step)
+    print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
     return 0
 
 
@@ -197,14 +225,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pipeline",
         default="oracle",
-        help="imagen (the cascade from --checkpoint workdirs) or oracle (renders a scene the prompt asks for)",
+        help="imagen (the cascade: --checkpoint stages, or the committed Shapes reference) "
+        "or oracle (renders a scene the prompt asks for)",
     )
     p.add_argument("--prompt", help="one prompt")
     p.add_argument("--prompts", help="a text file with one prompt per line")
+    p.add_argument("--split", help="the captions of a Shapes split (train|validation|test|heldout)")
+    p.add_argument("--num", type=int, default=100, help="how many captions of --split (from its first)")
     p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=64, help="image side in pixels (oracle)")
-    p.add_argument("--checkpoint", action="append", help="a stage's training workdir, base first (imagen)")
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        help="a stage's training workdir or exported .npz, base first (imagen; default: the committed reference)",
+    )
     p.add_argument("--batch_size", type=int, default=16)
     stage_help = " (comma-separated: one value per stage, or one for all)"
     p.add_argument("--sampler", help="ddpm | ddim | dpmpp_2m" + stage_help)
@@ -214,6 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--percentile", help="dynamic thresholding percentile" + stage_help)
     p.add_argument("--aug_level", help="noise-conditioning augmentation level of SR stages" + stage_help)
     p.set_defaults(handler=_cmd_sample)
+
+    p = commands.add_parser(
+        "export",
+        help="write a checkpoint's EMA params (float16) and config into one .npz",
+        description="Exports a training checkpoint for sampling: EMA params in float16 plus the config, "
+        "one file that `t2i sample --checkpoint FILE.npz` loads.",
+    )
+    p.add_argument("--workdir", required=True, help="the training workdir")
+    p.add_argument("--out", required=True, help="the .npz file to write")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    p.set_defaults(handler=_cmd_export)
 
     p = commands.add_parser("eval", help="score images against their prompts")
     evals = p.add_subparsers(dest="eval_kind", required=True)

@@ -61,20 +61,16 @@ def oracle_pipeline(prompts: Sequence[str], seed: int, options: dict) -> tuple[n
 
 
 def imagen_pipeline(prompts: Sequence[str], seed: int, options: dict) -> tuple[np.ndarray, dict]:
-    """The Imagen cascade from training workdirs (`--checkpoint`, base first)."""
-    from t2i.cascade import StageSettings, load_stage, run_cascade
+    """The Imagen cascade from training workdirs or exported stages (`--checkpoint`,
+    base first); without any, the committed Shapes reference cascade."""
+    from t2i.cascade import REFERENCE_STAGES, StageSettings, load_stage, run_cascade
 
-    workdirs = options.get("checkpoints") or []
-    if not workdirs:
-        raise UsageError(
-            "the imagen pipeline needs --checkpoint WORKDIR per stage (base first); "
-            "no reference checkpoints are committed yet"
-        )
-    stages = [load_stage(workdir) for workdir in workdirs]
+    sources = options.get("checkpoints") or list(REFERENCE_STAGES)
+    stages = [load_stage(source) for source in sources]
     settings = [StageSettings(**per_stage) for per_stage in stage_options(options, len(stages))]
     images = run_cascade(stages, settings, prompts, seed, batch_size=int(options.get("batch_size", 16)))
     described = [
-        dict(workdir=stage.workdir, step=stage.step, **dataclasses.asdict(setting))
+        dict(source=stage.source, step=stage.step, **dataclasses.asdict(setting))
         for stage, setting in zip(stages, settings)
     ]
     return images, {"pipeline": "imagen", "stages": described}

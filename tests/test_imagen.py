@@ -125,3 +125,68 @@ def test_base_sampling_with_guidance_and_thresholding(tiny_data_dir):
     empty = dict(batch, text_mask=jnp.zeros_like(batch["text_mask"]))
     out = task.model.apply(params, jnp.zeros((4, 32, 32, 3)), jnp.zeros(4), empty["tokens"], empty["text_mask"])
     assert bool(jnp.all(jnp.isfinite(out)))
+
+
+def test_sr_crops_cut_the_same_window_from_image_and_condition():
+    from t2i.tasks.imagen import random_crop
+
+    images = jnp.arange(2 * 8 * 8 * 3, dtype=jnp.float32).reshape(2, 8, 8, 3)
+    crop_a, crop_b = random_crop(jax.random.key(3), [images, images * 2.0], 4)
+    assert crop_a.shape == (2, 4, 4, 3)
+    np.testing.assert_array_equal(np.asarray(crop_b), 2.0 * np.asarray(crop_a))
+    for example in range(2):  # a contiguous window of the example itself
+        top, left = np.argwhere(np.asarray(images[example, ..., 0]) == float(crop_a[example, 0, 0, 0]))[0]
+        np.testing.assert_array_equal(crop_a[example], images[example, top : top + 4, left : left + 4])
+    with pytest.raises(ValueError, match="train_crop=32 needs a super-resolution stage"):
+        get_task(load_config(f"{SHAPES}:stage=base,tiny", ["model.train_crop=32"]))
+
+
+def test_export_keeps_the_ema_params_in_float16_and_loads_for_sampling(trained_stages, tmp_path, capsys):
+    from t2i.cascade import load_stage
+    from t2i.cli import main
+
+    base = trained_stages["base"][0]
+    out = tmp_path / "ref" / "base.npz"
+    assert main(["export", "--workdir", base, "--out", str(out)]) == 0
+    exported, original = load_stage(str(out)), load_stage(base)
+    assert exported.step == original.step == 2 and exported.config.to_dict() == original.config.to_dict()
+    with np.load(out) as data:
+        assert all(data[k].dtype == np.float16 for k in data.files if not k.startswith("__"))
+    for a, b in zip(jax.tree.leaves(exported.params), jax.tree.leaves(original.params)):
+        assert a.dtype == jnp.float32 and a.shape == b.shape
+        np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+    capsys.readouterr()
+    assert main(["export", "--workdir", base, "--out", str(tmp_path / "base.msgpack")]) == 2
+    assert "must end in .npz" in capsys.readouterr().err
+    assert main(["export", "--workdir", base, "--out", str(tmp_path / "x.npz"), "--step", "7"]) == 2
+    assert "no checkpoint at step 7 (it has 2)" in capsys.readouterr().err
+    assert not (tmp_path / "x.npz").exists()
+    np.savez(tmp_path / "junk.npz", a=np.zeros(2))
+    assert (
+        main(
+            [
+                "sample",
+                "--pipeline",
+                "imagen",
+                "--checkpoint",
+                str(tmp_path / "junk.npz"),
+                "--prompt",
+                "a red circle",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 2
+    )
+    assert "not a t2i stage export" in capsys.readouterr().err
+
+
+def test_split_prompts_are_the_captions_of_the_split(capsys):
+    from t2i.cli import main, split_prompts
+    from t2i.data import shapes
+
+    assert split_prompts("heldout", 3) == [shapes.scene_for("heldout", i).caption for i in range(3)]
+    assert main(["sample", "--split", "nope", "--out", "/tmp/unused_t2i_out"]) == 2
+    assert "unknown split 'nope'" in capsys.readouterr().err
+    assert main(["sample", "--split", "test", "--prompt", "a red circle", "--out", "/tmp/unused_t2i_out"]) == 2
+    assert "exactly one of" in capsys.readouterr().err

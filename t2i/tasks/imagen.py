@@ -68,6 +68,18 @@ def upsample(images: jax.Array, size: int) -> jax.Array:
     return jax.image.resize(images, (b, size, size, c), method="bicubic")
 
 
+def random_crop(rng: jax.Array, images: list[jax.Array], size: int) -> list[jax.Array]:
+    """The same random size x size window of each example, cut from every array in
+    `images` (all [B, S, S, C] with one S)."""
+    batch, side = images[0].shape[:2]
+    offsets = jax.random.randint(rng, (batch, 2), 0, side - size + 1)
+
+    def crop(image, offset):
+        return jax.lax.dynamic_slice(image, (offset[0], offset[1], 0), (size, size, image.shape[-1]))
+
+    return [jax.vmap(crop)(image, offsets) for image in images]
+
+
 class ImagenTask(Task):
     def __init__(self, config):
         super().__init__(config)
@@ -75,6 +87,16 @@ class ImagenTask(Task):
         self.resolution = int(model.resolution)
         self.super_resolution = bool(model.low_resolution)
         self.low_resolution = int(model.low_resolution)
+        # Super-resolution stages may train on crops (Imagen's 256 -> 1024 model trains
+        # on 64 -> 256 crops): the U-Net is convolutional, so it samples at full size.
+        self.train_crop = int(model.get("train_crop", 0))
+        if self.train_crop and not (self.super_resolution and self.train_crop < self.resolution):
+            raise ValueError(
+                f"model.train_crop={self.train_crop} needs a super-resolution stage and a crop "
+                f"smaller than its resolution {self.resolution}"
+            )
+        if self.train_crop % (2 ** (len(model.channel_mults) - 1)):
+            raise ValueError(f"model.train_crop={self.train_crop} must divide by 2^(levels - 1)")
         unet = dict(
             base_channels=model.base_channels,
             channel_mults=tuple(model.channel_mults),
@@ -147,9 +169,11 @@ class ImagenTask(Task):
         keep = jax.random.uniform(drop_rng, (x0.shape[0],)) >= self.config.diffusion.cond_drop_prob
         mask = mask & keep[:, None]
         logsnr = gaussian.sample_training_logsnr(time_rng, x0.shape[0], self.schedule)
+        low, aug_logsnr = self._low_res_condition(batch, aug_rng) if self.super_resolution else (None, None)
+        if self.train_crop:
+            x0, low = random_crop(jax.random.fold_in(rng, 1), [x0, low], self.train_crop)
         eps = jax.random.normal(noise_rng, x0.shape)
         x_t = gaussian.diffuse(x0, eps, logsnr)
-        low, aug_logsnr = self._low_res_condition(batch, aug_rng) if self.super_resolution else (None, None)
         out = self.model.apply(params, x_t, logsnr, text, mask, low, aug_logsnr)
         loss = gaussian.diffusion_loss(out, x0, eps, logsnr, self.parametrization, self.config.diffusion.min_snr_gamma)
         return loss, {}
