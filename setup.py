@@ -7,7 +7,7 @@ setup(
     version="0.1.0",
     description="Text-to-image research in JAX/Flax: Imagen, Parti and unCLIP on shared parts",
     packages=find_packages(include=["t2i", "t2i.*"]),
-    package_data={"t2i": ["assets/*"]},
+    package_data={"t2i": ["assets/*", "assets/*/*"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.6,<0.12",

@@ -98,7 +98,7 @@ def get_config(arg=None):
     config.optimizer.warmup_steps = 100
     config.optimizer.end_lr_fraction = 0.1
     config.train = default_train_config()
-    config.train.num_steps = 3200 if stage == "base" else 800
+    config.train.num_steps = 3200 if stage == "base" else 1600
     config.train.log_every = 50
     config.train.checkpoint_every = 250
     config.train.keep_checkpoints = 20  # every one is a point of the learning curve

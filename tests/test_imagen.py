@@ -190,3 +190,19 @@ def test_split_prompts_are_the_captions_of_the_split(capsys):
     assert "unknown split 'nope'" in capsys.readouterr().err
     assert main(["sample", "--split", "test", "--prompt", "a red circle", "--out", "/tmp/unused_t2i_out"]) == 2
     assert "exactly one of" in capsys.readouterr().err
+
+
+def test_sample_without_checkpoints_uses_the_committed_reference(tmp_path):
+    """The reference cascade ships in the package (t2i/assets/imagen_shapes/): the
+    exported files load, match their configs, and sample at 64 px."""
+    from t2i.cascade import REFERENCE_STAGES
+    from t2i.cli import main
+
+    for path in REFERENCE_STAGES:
+        assert os.path.getsize(path) < 15 * 2**20  # the issue's budget: 30 MB for both
+    out = tmp_path / "out"
+    argv = ["sample", "--pipeline", "imagen", "--split", "test", "--num", "2", "--out", str(out)]
+    assert main([*argv, "--steps", "2,2", "--batch_size", "2"]) == 0
+    rows = [json.loads(line) for line in open(out / "manifest.jsonl")]
+    assert [s["source"] for s in rows[0]["settings"]["stages"]] == list(REFERENCE_STAGES)
+    assert np.asarray(Image.open(out / rows[1]["image"])).shape == (64, 64, 3)
