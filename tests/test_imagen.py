@@ -206,3 +206,26 @@ def test_sample_without_checkpoints_uses_the_committed_reference(tmp_path):
     rows = [json.loads(line) for line in open(out / "manifest.jsonl")]
     assert [s["source"] for s in rows[0]["settings"]["stages"]] == list(REFERENCE_STAGES)
     assert np.asarray(Image.open(out / rows[1]["image"])).shape == (64, 64, 3)
+
+
+def test_sweep_scores_each_setting_and_split_and_tabulates(trained_stages, tmp_path, capsys):
+    from t2i.evaluation import imagen_sweep
+
+    base, sr = trained_stages["base"][0], trained_stages["sr"][0]
+    out = tmp_path / "sweep.jsonl"
+    argv = ["--base", base, "--sr", sr, "--splits", "test,heldout", "--num", "2", "--batch_size", "2"]
+    argv += ["--steps", "2", "--sr_steps", "2", "--guidance", "1,3", "--thresholding", "none", "--out", str(out)]
+    assert imagen_sweep.main(argv) == 0
+    rows = [json.loads(line) for line in open(out)]
+    assert [(r["base"]["guidance_weight"], r["split"]) for r in rows] == [
+        (1.0, "test"),
+        (1.0, "heldout"),
+        (3.0, "test"),
+        (3.0, "heldout"),
+    ]
+    assert all(r["num"] == 2 and r["base_step"] == 2 and 0.0 <= r["overall"] <= 1.0 for r in rows)
+    table = imagen_sweep.markdown_table(str(out))
+    assert len(table.splitlines()) == 2 + len(rows) and "| heldout |" in table
+    capsys.readouterr()
+    assert imagen_sweep.main([*argv[:-1], str(tmp_path / "x.jsonl"), "--guidance", "1,x"]) == 2
+    assert "bad list '1,x'" in capsys.readouterr().err

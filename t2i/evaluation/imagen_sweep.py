@@ -10,7 +10,8 @@ of each split through the whole cascade and is scored by the Shapes evaluator on
 64 px output. The stages load and each sampler compiles once for the whole sweep (the
 same work as `t2i sample` + `t2i eval shapes` per setting, without reloading). One JSON
 line per (setting, split) is appended to `--out`; `--grid_dir` also saves the first
-images of each as a PNG grid with their prompts.
+images of each as a PNG grid with their prompts. `... imagen_sweep table FILE` prints a
+sweep file as a Markdown table.
 """
 
 from __future__ import annotations
@@ -53,7 +54,29 @@ def _training_minutes(workdir: str, step: int) -> float | None:
     return round((last["time"] + (step - last["step"]) * seconds_per_step - start) / 60.0, 1)
 
 
+def markdown_table(path: str) -> str:
+    """The records of a sweep file as a Markdown table, one row per (setting, split)."""
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    attributes = ("color", "shape", "size", "position", "relation", "count")
+    head = ["base step", "train min", "sampler", "steps", "w", "thresholding", "split", "n", "overall"]
+    head += ["single", "pair", "count (kind)"] + list(attributes) + ["s/image"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        base = r["base"]
+        cells = [r["base_step"], r.get("base_training_minutes") or "-", base["sampler"], base["steps"]]
+        cells += [f"{base['guidance_weight']:g}", base["thresholding"], r["split"], r["num"], f"**{r['overall']:.0%}**"]
+        cells += [f"{r['per_kind'].get(k, 0):.0%}" for k in ("single", "pair", "count")]
+        cells += [f"{r['per_attribute'][a]:.0%}" if a in r["per_attribute"] else "-" for a in attributes]
+        cells.append(f"{r['seconds'] / r['num']:.2f}")
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "table":  # python -m t2i.evaluation.imagen_sweep table FILE.jsonl
+        print(markdown_table(argv[1]))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="base stage: training workdir or exported .npz")
     parser.add_argument("--sr", required=True, help="super-resolution stage: training workdir or exported .npz")
