@@ -63,11 +63,12 @@ def oracle_pipeline(prompts: Sequence[str], seed: int, options: dict) -> tuple[n
 def imagen_pipeline(prompts: Sequence[str], seed: int, options: dict) -> tuple[np.ndarray, dict]:
     """The Imagen cascade from training workdirs or exported stages (`--checkpoint`,
     base first); without any, the committed Shapes reference cascade."""
-    from t2i.cascade import REFERENCE_STAGES, StageSettings, load_stage, run_cascade
+    from t2i.cascade import REFERENCE_STAGES, default_settings, load_stage, run_cascade
 
     sources = options.get("checkpoints") or list(REFERENCE_STAGES)
     stages = [load_stage(source) for source in sources]
-    settings = [StageSettings(**per_stage) for per_stage in stage_options(options, len(stages))]
+    per_stage = stage_options(options, len(stages))
+    settings = [default_settings(stage, **given) for stage, given in zip(stages, per_stage)]
     images = run_cascade(stages, settings, prompts, seed, batch_size=int(options.get("batch_size", 16)))
     described = [
         dict(source=stage.source, step=stage.step, **dataclasses.asdict(setting))
