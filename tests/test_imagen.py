@@ -236,3 +236,8 @@ def test_sweep_scores_each_setting_and_split_and_tabulates(trained_stages, tmp_p
     capsys.readouterr()
     assert imagen_sweep.main([*argv[:-1], str(tmp_path / "x.jsonl"), "--guidance", "1,x"]) == 2
     assert "bad list '1,x'" in capsys.readouterr().err
+    from t2i.cascade import REFERENCE_STAGES
+
+    npz = ["--base", REFERENCE_STAGES[0], "--sr", sr, "--base_steps", "2", "--out", str(tmp_path / "y.jsonl")]
+    assert imagen_sweep.main(npz) == 2
+    assert "--base_steps needs a training workdir" in capsys.readouterr().err

@@ -114,6 +114,8 @@ def _sweep(args) -> int:
     splits = args.splits.split(",")
     prompts = {split: split_prompts(split, args.num) for split in splits}
     base_steps = _values(args.base_steps, int) if args.base_steps else [None]
+    if args.base_steps and args.base.endswith(".npz"):
+        raise UsageError("--base_steps needs a training workdir; an exported .npz holds one step")
     sr = load_stage(args.sr)
     sr_setting = StageSettings(
         sampler=args.sr_sampler,
