@@ -241,3 +241,63 @@ def test_sweep_scores_each_setting_and_split_and_tabulates(trained_stages, tmp_p
     npz = ["--base", REFERENCE_STAGES[0], "--sr", sr, "--base_steps", "2", "--out", str(tmp_path / "y.jsonl")]
     assert imagen_sweep.main(npz) == 2
     assert "--base_steps needs a training workdir" in capsys.readouterr().err
+
+
+def test_warm_start_adds_coordinates_to_a_trained_base_without_changing_its_output(tiny_embeddings):
+    """`train.init_from`: the committed reference base, trained without pixel
+    coordinates, starts a run with them; the new, zero-initialised projection leaves
+    the loss exactly as it was but gets a gradient, and a source that does not fit the
+    model is a one-line error."""
+    from t2i.cascade import REFERENCE_STAGES, load_stage
+    from t2i.errors import UsageError
+    from t2i.parallel.mesh import LOGICAL_AXIS_RULES, create_mesh
+    from t2i.train.optim import make_optimizer
+    from t2i.train.trainer import abstract_train_state, init_train_state, warm_start
+
+    reference = REFERENCE_STAGES[0]
+    source = load_stage(reference)
+    assert not source.config.model.get("coord_channels", False)
+
+    def fresh_state(*overrides):
+        config = load_config(
+            f"{SHAPES}:stage=base", [f"data.data_dir={tiny_embeddings}", "data.builder_config=tiny", *overrides]
+        )
+        task = get_task(config)
+        tx, _ = make_optimizer(config.optimizer, 10)
+        mesh = create_mesh({"data": 1}, jax.devices()[:1])
+        with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES):
+            _, shardings = abstract_train_state(task, tx, mesh, jax.random.key(1))
+            return config, task, init_train_state(task, tx, shardings, jax.random.key(1))
+
+    config, task, state = fresh_state()
+    batch = next(pipeline.eval_batches(config.data, "test", 4, task.transform, limit=4))
+    batch = {k: jnp.asarray(v) for k, v in batch.items() if np.asarray(v).dtype.kind in "biuf"}
+    rng = jax.random.key(7)
+    source_loss, _ = source.task.loss(source.params, batch, rng)
+
+    state = warm_start(state, reference)
+    kernel = state.params["params"]["unet"]["coord_proj"]["Conv_0"]["kernel"]
+    assert kernel.shape == (1, 1, 2, 32) and not np.any(np.asarray(kernel))
+    np.testing.assert_array_equal(
+        np.asarray(state.params["params"]["unet"]["Conv_0"]["Conv_0"]["kernel"]),
+        np.asarray(source.params["params"]["unet"]["Conv_0"]["Conv_0"]["kernel"]),
+    )
+    warm_loss, _ = task.loss(state.params, batch, rng)
+    np.testing.assert_allclose(float(warm_loss), float(source_loss), rtol=1e-6)
+    # The zero projection still gets a gradient, so the run learns to use the coordinates.
+    grads = jax.grad(lambda p: task.loss(p, batch, rng)[0])(state.params)
+    coord_grad = np.asarray(grads["params"]["unet"]["coord_proj"]["Conv_0"]["kernel"])
+    assert np.all(np.isfinite(coord_grad)) and np.abs(coord_grad).max() > 0
+
+    _, _, tiny = fresh_state(
+        "model.channel_mults=(1, 2)",
+        "model.num_res_blocks=(1, 1)",
+        "model.self_attention_levels=(False, True)",
+        "model.cross_attention_levels=(False, True)",
+    )
+    with pytest.raises(
+        UsageError, match=r"init_from=.*base.npz: \d+ of its params have no place in this model, e\.g\."
+    ):
+        warm_start(tiny, reference)
+    with pytest.raises(ValueError, match="coord_channels cannot be combined with model.train_crop"):
+        get_task(_config("stage=sr", tiny_embeddings, "model.coord_channels=True"))

@@ -41,6 +41,14 @@ def logsnr_embedding(logsnr: jax.Array, dim: int) -> jax.Array:
     return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
 
 
+def pixel_coordinates(batch: int, height: int, width: int, dtype) -> jax.Array:
+    """[batch, height, width, 2]: each pixel centre's (x, y), from -1 to 1 across the image."""
+    ys = (jnp.arange(height, dtype=jnp.float32) + 0.5) / height * 2.0 - 1.0
+    xs = (jnp.arange(width, dtype=jnp.float32) + 0.5) / width * 2.0 - 1.0
+    grid = jnp.stack(jnp.meshgrid(xs, ys, indexing="xy"), axis=-1)
+    return jnp.broadcast_to(grid, (batch, height, width, 2)).astype(dtype)
+
+
 class ResBlock(nn.Module):
     """GN -> SiLU -> conv -> GN * (1 + scale) + shift -> SiLU -> conv, plus the skip."""
 
@@ -219,6 +227,12 @@ class EfficientUNet(nn.Module):
     dense_skips: bool = False
     attention_every_block: bool = False  # attention after every residual block, not once per block
     ff_mult: int = 0  # feed-forward width multiple in attention blocks (0: none)
+    # Add a learned projection of the pixel coordinates to the first feature map, so a
+    # cross-attention query knows where it is ("in the top left", "to the left of").
+    # Not in the paper, whose U-Nets see position only through zero padding; the
+    # Shapes base model turns it on. Zero-initialised, so turning it on in a trained
+    # model (`train.init_from`) leaves its output unchanged at the first step.
+    coord_channels: bool = False
     super_resolution: bool = False
     out_channels: int = 3
     dtype: Dtype = jnp.float32
@@ -268,7 +282,17 @@ class EfficientUNet(nn.Module):
         h = x.astype(self.dtype)
         if self.super_resolution:
             h = jnp.concatenate([h, low_res.astype(self.dtype)], axis=-1)
-        h = nn.with_logical_constraint(Conv(self.base_channels, **kw)(h), ACTIVATION_IMAGE)
+        h = Conv(self.base_channels, **kw)(h)
+        if self.coord_channels:
+            h = h + Conv(
+                self.base_channels,
+                kernel_size=1,
+                use_bias=False,
+                kernel_init=nn.initializers.zeros,
+                name="coord_proj",
+                **kw,
+            )(pixel_coordinates(h.shape[0], h.shape[1], h.shape[2], self.dtype))
+        h = nn.with_logical_constraint(h, ACTIVATION_IMAGE)
         skips = []
         for level, mult in enumerate(self.channel_mults):
             h, outputs = DBlock(

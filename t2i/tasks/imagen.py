@@ -97,6 +97,10 @@ class ImagenTask(Task):
             )
         if self.train_crop % (2 ** (len(model.channel_mults) - 1)):
             raise ValueError(f"model.train_crop={self.train_crop} must divide by 2^(levels - 1)")
+        coord_channels = bool(model.get("coord_channels", False))
+        if coord_channels and self.train_crop:
+            # A crop's pixel coordinates would be the crop's, not the image's.
+            raise ValueError("model.coord_channels cannot be combined with model.train_crop")
         unet = dict(
             base_channels=model.base_channels,
             channel_mults=tuple(model.channel_mults),
@@ -109,6 +113,7 @@ class ImagenTask(Task):
             dense_skips=model.dense_skips,
             attention_every_block=model.attention_every_block,
             ff_mult=model.ff_mult,
+            coord_channels=coord_channels,
             super_resolution=self.super_resolution,
         )
         text = config.text

@@ -21,6 +21,7 @@ import time
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 from t2i import config as config_lib
 from t2i.data import pipeline
+from t2i.errors import UsageError
 from t2i.parallel.mesh import LOGICAL_AXIS_RULES, create_mesh
 from t2i.parallel.partitioning import batch_sharding, global_batch, strip_boxes, tree_shardings
 from t2i.train import logging as train_logging
@@ -136,6 +138,49 @@ def init_train_state(task, tx, shardings, rng) -> TrainState:
     return jax.jit(lambda key: strip_boxes(create_state(task.init(key), tx)), out_shardings=shardings)(rng)
 
 
+def warm_start(state: TrainState, source: str, step: int | None = None) -> TrainState:
+    """Starts `params` and `ema_params` from another run's EMA params (a training workdir,
+    its newest checkpoint or `step`, or an exported .npz), for a fresh run that builds on
+    a trained model. Params the source lacks (a branch added since, zero-initialised so
+    the model's output is unchanged at the first step) keep their initialisation; a
+    source param of another shape, or with no place in the model, is an error. The
+    optimizer state and the step start afresh."""
+    from flax import traverse_util
+
+    from t2i.cascade import load_stage  # reads workdirs and exports alike
+
+    source_params = traverse_util.flatten_dict(load_stage(source, step).params, sep="/")
+    target = traverse_util.flatten_dict(state.params, sep="/")
+    unplaced = sorted(set(source_params) - set(target))
+    if unplaced:
+        raise UsageError(
+            f"train.init_from={source}: {len(unplaced)} of its params have no place in this model, e.g. {unplaced[0]}"
+        )
+    for key, value in source_params.items():
+        if value.shape != target[key].shape:
+            raise UsageError(
+                f"train.init_from={source}: {key} has shape {tuple(value.shape)} there, "
+                f"{tuple(target[key].shape)} in this model"
+            )
+    fresh = sorted(set(target) - set(source_params))
+    log.info(
+        "warm start from %s: %d params loaded, %d initialised afresh %s", source, len(source_params), len(fresh), fresh
+    )
+
+    def merged():  # called twice: params and EMA must not share (donated) buffers
+        return traverse_util.unflatten_dict(
+            {
+                key: jax.device_put(np.asarray(source_params[key], leaf.dtype), leaf.sharding)
+                if key in source_params
+                else jnp.copy(leaf)
+                for key, leaf in target.items()
+            },
+            sep="/",
+        )
+
+    return state.replace(params=merged(), ema_params=merged())
+
+
 def compile_train_step(step_fn, shardings, mesh, state, batch, rng):
     """Jits the step with explicit shardings and donation, compiled ahead of time."""
     batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in batch.items()}
@@ -188,6 +233,8 @@ def train(
             log.info("resumed from %s at step %d", checkpointer.directory, start_step)
         else:
             state = init_train_state(task, tx, shardings, init_rng)
+            if train_cfg.get("init_from"):
+                state = warm_start(state, train_cfg.init_from, train_cfg.get("init_from_step") or None)
             start_step = 0
         num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
         log.info("%s: %.2fM parameters on mesh %s", config.task, num_params / 1e6, dict(mesh.shape))
@@ -309,6 +356,11 @@ def default_train_config() -> ml_collections.ConfigDict:
             eval_ema=True,
             ema_decay=0.999,
             max_nonfinite_in_a_row=20,
+            # A fresh run (no checkpoint in its workdir yet) may start from another
+            # run's EMA params: a workdir (its newest checkpoint, or init_from_step) or
+            # an exported .npz. See `warm_start`.
+            init_from="",
+            init_from_step=0,
             sample_every=0,
             num_samples=16,
             sample_scale=4,
