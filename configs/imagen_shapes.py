@@ -79,6 +79,7 @@ def get_config(arg=None):
             schedule_kwargs={},
             parametrization="v",
             min_snr_gamma=5.0,
+            snr_floor=0.0,
             cond_drop_prob=0.1,
             noise_aug_max=0.5,
         )

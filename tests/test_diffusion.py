@@ -99,6 +99,14 @@ def test_min_snr_weighting():
         effective = gaussian.loss_weight(logsnr, parametrization, 5.0) * implied
         np.testing.assert_allclose(effective, [0.5, 5.0, 5.0], rtol=1e-5)
     np.testing.assert_array_equal(gaussian.loss_weight(logsnr, "v"), 1.0)
+    # snr_floor (truncated SNR): x0-terms weight clip(snr, floor, gamma), or max(snr, floor).
+    logsnr = jnp.log(jnp.array([0.01, 0.5, 5.0, 50.0]))
+    snr = jnp.exp(logsnr)
+    for parametrization, implied in (("eps", snr), ("x0", 1.0), ("v", snr + 1)):
+        clipped = gaussian.loss_weight(logsnr, parametrization, 5.0, snr_floor=1.0) * implied
+        np.testing.assert_allclose(clipped, [1.0, 1.0, 5.0, 5.0], rtol=1e-5)
+        floored = gaussian.loss_weight(logsnr, parametrization, snr_floor=1.0) * implied
+        np.testing.assert_allclose(floored, [1.0, 1.0, 5.0, 50.0], rtol=1e-5)
 
 
 def _dirac_model(target):

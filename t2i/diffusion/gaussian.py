@@ -7,7 +7,10 @@ A model predicts one of (CONVENTIONS: names say what a thing is):
 The loss is the mean squared error in the parametrization's own space. In x0 terms
 that weights each log-SNR by snr (eps), 1 (x0) or snr + 1 (v); `min_snr_gamma` caps the
 weight at min(snr, gamma) in x0 terms (Hang et al. 2023), which speeds training up by
-not spending the budget on nearly clean inputs.
+not spending the budget on nearly clean inputs. `snr_floor` raises the x0-terms weight
+to at least that value (Salimans & Ho 2022's truncated-SNR weighting, max(snr, 1)): with
+eps-like weights a step at log-SNR -4 counts 0.02x, so the high-noise steps, where
+the layout can come from the text alone, are all but weighted away.
 """
 
 from __future__ import annotations
@@ -54,21 +57,28 @@ def to_x0_eps(x_t: jnp.ndarray, output: jnp.ndarray, logsnr: jnp.ndarray, parame
     raise ValueError(f"unknown parametrization '{parametrization}' (choose from {', '.join(PARAMETRIZATIONS)})")
 
 
-def loss_weight(logsnr: jnp.ndarray, parametrization: str, min_snr_gamma: float = 0.0) -> jnp.ndarray:
-    """Per-example weight on the parametrization-space MSE; 1 unless min-SNR is on."""
-    if not min_snr_gamma:
+def loss_weight(
+    logsnr: jnp.ndarray, parametrization: str, min_snr_gamma: float = 0.0, snr_floor: float = 0.0
+) -> jnp.ndarray:
+    """Per-example weight on the parametrization-space MSE, so that the weight in x0
+    terms is snr clipped to [snr_floor, min_snr_gamma]; 1 when neither is set."""
+    if not min_snr_gamma and not snr_floor:
         return jnp.ones_like(logsnr)
     snr = jnp.exp(logsnr)
-    capped = jnp.minimum(snr, min_snr_gamma)
+    x0_weight = jnp.minimum(snr, min_snr_gamma) if min_snr_gamma else snr
+    if snr_floor:
+        x0_weight = jnp.maximum(x0_weight, snr_floor)
     implied = {"eps": snr, "x0": jnp.ones_like(snr), "v": snr + 1.0}[parametrization]
-    return capped / implied
+    return x0_weight / implied
 
 
-def diffusion_loss(model_output, x0, eps, logsnr, parametrization: str, min_snr_gamma: float = 0.0):
+def diffusion_loss(
+    model_output, x0, eps, logsnr, parametrization: str, min_snr_gamma: float = 0.0, snr_floor: float = 0.0
+):
     """Mean over the batch of the weighted per-example MSE."""
     error = jnp.square(model_output.astype(jnp.float32) - target(x0, eps, logsnr, parametrization))
     per_example = jnp.mean(error, axis=tuple(range(1, error.ndim)))
-    return jnp.mean(per_example * loss_weight(logsnr, parametrization, min_snr_gamma))
+    return jnp.mean(per_example * loss_weight(logsnr, parametrization, min_snr_gamma, snr_floor))
 
 
 def sample_training_logsnr(rng: jax.Array, batch: int, schedule) -> jnp.ndarray:

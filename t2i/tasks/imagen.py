@@ -180,7 +180,10 @@ class ImagenTask(Task):
         eps = jax.random.normal(noise_rng, x0.shape)
         x_t = gaussian.diffuse(x0, eps, logsnr)
         out = self.model.apply(params, x_t, logsnr, text, mask, low, aug_logsnr)
-        loss = gaussian.diffusion_loss(out, x0, eps, logsnr, self.parametrization, self.config.diffusion.min_snr_gamma)
+        diffusion = self.config.diffusion
+        loss = gaussian.diffusion_loss(
+            out, x0, eps, logsnr, self.parametrization, diffusion.min_snr_gamma, diffusion.get("snr_floor", 0.0)
+        )
         return loss, {}
 
     # ---------------------------------------------------------------------- sampling
