@@ -29,8 +29,7 @@ data: $(DATA_DIR)/shapes/small/1.0.0/dataset_info.json
 # The demo: the committed Imagen reference cascade (t2i/assets/imagen_shapes/) draws
 # the first $(DEMO_PROMPTS) Shapes test captions at 64 px and the GenEval-style evaluator
 # scores them (a few minutes on 2 cores). `make demo TRAIN=1` first trains the cascade
-# from scratch (data, MiniLM embeddings, base in two runs, SR; about 3.5 hours) and
-# samples from it.
+# from scratch (data, MiniLM embeddings, base, SR; about 1.5 hours) and samples from it.
 DEMO_PROMPTS ?= 100
 DEMO_OUT ?= runs/demo_samples
 # The best setting of the sweep in docs/results.md (base: DDIM 20 steps, guidance 3;
@@ -43,14 +42,10 @@ $(EMBEDDINGS): | data
 	$(BIN)/t2i data embed --encoder minilm --builder_config small --data_dir $(DATA_DIR)
 
 ifeq ($(TRAIN),1)
-DEMO_STAGES = --checkpoint runs/imagen_base_xy --checkpoint runs/imagen_sr
-# The reference base was trained in two runs (docs/imagen.md): 3,200 steps without
-# pixel coordinates, then 3,200 more with them, warm-started from the first.
+DEMO_STAGES = --checkpoint runs/imagen_base --checkpoint runs/imagen_sr
 demo_stages: $(EMBEDDINGS)
 	$(BIN)/t2i train --config configs/imagen_shapes.py:stage=base --workdir runs/imagen_base \
-	  --config.data.data_dir=$(DATA_DIR) --config.model.coord_channels=False
-	$(BIN)/t2i train --config configs/imagen_shapes.py:stage=base --workdir runs/imagen_base_xy \
-	  --config.data.data_dir=$(DATA_DIR) --config.train.init_from=runs/imagen_base
+	  --config.data.data_dir=$(DATA_DIR)
 	$(BIN)/t2i train --config configs/imagen_shapes.py:stage=sr --workdir runs/imagen_sr \
 	  --config.data.data_dir=$(DATA_DIR)
 else

@@ -57,7 +57,9 @@ def get_config(arg=None):
             resolution=32 if stage == "base" else 64,
             low_resolution=0 if stage == "base" else 32,
             train_crop=0 if stage == "base" else 32,
-            coord_channels=stage == "base",  # pixel coordinates into the first features (see unet.py)
+            # Pixel coordinates into the first features (unet.py). Off: 2,185 warm-started
+            # steps with them left position at chance (docs/results.md, experiments).
+            coord_channels=False,
             base_channels=32,
             channel_mults=(1, 2, 4),
             num_res_blocks=(1, 2, 2),

@@ -269,7 +269,7 @@ def test_warm_start_adds_coordinates_to_a_trained_base_without_changing_its_outp
             _, shardings = abstract_train_state(task, tx, mesh, jax.random.key(1))
             return config, task, init_train_state(task, tx, shardings, jax.random.key(1))
 
-    config, task, state = fresh_state()
+    config, task, state = fresh_state("model.coord_channels=True")
     batch = next(pipeline.eval_batches(config.data, "test", 4, task.transform, limit=4))
     batch = {k: jnp.asarray(v) for k, v in batch.items() if np.asarray(v).dtype.kind in "biuf"}
     rng = jax.random.key(7)
@@ -301,3 +301,20 @@ def test_warm_start_adds_coordinates_to_a_trained_base_without_changing_its_outp
         warm_start(tiny, reference)
     with pytest.raises(ValueError, match="coord_channels cannot be combined with model.train_crop"):
         get_task(_config("stage=sr", tiny_embeddings, "model.coord_channels=True"))
+
+
+def test_prompt_sensitivity_of_the_reference_base():
+    """The committed base draws the colour it is told (a large x0 difference between
+    colour-swapped prompts), and the probe reads exactly zero for identical prompts."""
+    from t2i.cascade import REFERENCE_STAGES, load_stage
+    from t2i.evaluation.prompt_sensitivity import prompt_sensitivity
+
+    stage = load_stage(REFERENCE_STAGES[0])
+    scores = prompt_sensitivity(stage, logsnr=-4.0)
+    assert set(scores) == {"position", "relation", "colour", "shape"}
+    assert scores["colour"] > 0.05 and all(value > 0 for value in scores.values())
+    same = {"same": [("a red circle", "a red circle")], "colour": [("a red circle", "a blue circle")]}
+    again = prompt_sensitivity(stage, logsnr=-4.0, pairs_by_attribute=same)
+    assert again["same"] == 0.0 and again["colour"] > 0.05
+    with pytest.raises(ValueError, match="defined for a base stage"):
+        prompt_sensitivity(load_stage(REFERENCE_STAGES[1]), logsnr=0.0)
