@@ -53,6 +53,9 @@ def _cmd_train(args, overrides) -> int:
     from t2i.train.trainer import TrainingDiverged, train
 
     pipeline.data_source(config.data, config.data.split)  # a missing data set fails here, in one line
+    init_from = config.train.get("init_from")
+    if init_from and not os.path.exists(init_from):  # before the workdir is created
+        raise UsageError(f"train.init_from not found: {init_from}")
     ensure_writable_dir(args.workdir)
     try:
         result = train(config, args.workdir, progress=not args.no_progress)

@@ -49,6 +49,18 @@ def test_train_errors(capsys, tmp_path, tiny_data_dir):
         capsys,
         ["train", "--config", CONFIG, "--workdir", str(blocker / "w"), f"--config.data.data_dir={tiny_data_dir}"],
     )
+    assert f"train.init_from not found: {tmp_path}/nowhere" in _error(
+        capsys,
+        [
+            "train",
+            "--config",
+            CONFIG,
+            "--workdir",
+            str(tmp_path / "w"),
+            f"--config.data.data_dir={tiny_data_dir}",
+            f"--config.train.init_from={tmp_path}/nowhere",
+        ],
+    )
     assert not (tmp_path / "w").exists()
 
 

@@ -46,9 +46,9 @@ PAIRS = {
 def prompt_sensitivity(stage, logsnr: float, seed: int = 0, pairs_by_attribute=None) -> dict[str, float]:
     """{attribute: mean over its pairs of the RMS x0 difference} for one base stage
     (`pairs_by_attribute`: like PAIRS, the default)."""
-    pairs_by_attribute = PAIRS if pairs_by_attribute is None else pairs_by_attribute
     from t2i.cascade import text_front_end
 
+    pairs_by_attribute = PAIRS if pairs_by_attribute is None else pairs_by_attribute
     if stage.task.super_resolution:
         raise ValueError("prompt sensitivity is defined for a base stage")
     prompts = [p for pairs in pairs_by_attribute.values() for pair in pairs for p in pair]
