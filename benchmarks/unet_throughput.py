@@ -10,6 +10,11 @@ steps after warm-up and report the median images per second; imagen-pytorch runs
 subprocess of `--torch_python` (a venv with torch and imagen-pytorch; it needs no
 weights: its T5 look-up is answered offline by passing text embeddings directly).
 Results go in docs/benchmarks.md.
+
+On a machine with a GPU both sides run on it (JAX's default backend; torch's "cuda"):
+`--batch` and `--dtype bfloat16` (t2i: bf16 compute with fp32 params; torch: autocast
+to bf16) give the accelerator rows, and t2i's achieved TFLOP/s (XLA's FLOP count over
+the median step time) is printed for an MFU estimate.
 """
 
 from __future__ import annotations
@@ -17,17 +22,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import time
 
-BATCH, SIZE, TOKENS, WIDTH = 16, 32, 16, 384
+SIZE, TOKENS, WIDTH = 32, 16, 384
 
 TORCH_SIDE = r"""
 import json, statistics, sys, time, types
 import torch
 torch.set_num_threads(int(sys.argv[2]))
+BATCH, BF16 = int(sys.argv[3]), sys.argv[4] == "bfloat16"
+device = "cuda" if torch.cuda.is_available() else "cpu"
+sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 # imagen-pytorch imports torchvision.transforms for its data augmentation only; PyPI's
 # torchvision does not load beside the CPU torch build here, and the U-Net never uses it.
 try:
@@ -49,25 +58,26 @@ transformers.T5Config.from_pretrained = classmethod(lambda cls, *a, **k: cls(d_m
 from imagen_pytorch import Unet
 unet = Unet(dim=64, dim_mults=(1, 2, 4), num_resnet_blocks=2, layer_attns=(False, False, True),
             layer_cross_attns=(False, True, True), attn_heads=4, attn_dim_head=32, text_embed_dim=384, cond_dim=None,
-            channels=3)
+            channels=3).to(device)
 opt = torch.optim.Adam(unet.parameters(), lr=1e-4)
-x = torch.randn(16, 3, 32, 32); t = torch.rand(16)
-text = torch.randn(16, 16, 384); mask = torch.ones(16, 16, dtype=torch.bool)
+x = torch.randn(BATCH, 3, 32, 32, device=device); t = torch.rand(BATCH, device=device)
+text = torch.randn(BATCH, 16, 384, device=device); mask = torch.ones(BATCH, 16, dtype=torch.bool, device=device)
 def step():
     opt.zero_grad(set_to_none=True)
-    out = unet(x, t, text_embeds=text, text_mask=mask)
-    loss = torch.nn.functional.mse_loss(out, x)
-    loss.backward(); opt.step()
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=BF16):
+        out = unet(x, t, text_embeds=text, text_mask=mask)
+        loss = torch.nn.functional.mse_loss(out.float(), x)
+    loss.backward(); opt.step(); sync()
 for _ in range(3): step()
 times = []
 for _ in range(int(sys.argv[1])):
     start = time.perf_counter(); step(); times.append(time.perf_counter() - start)
 params = sum(p.numel() for p in unet.parameters())
-print(json.dumps({"images_per_second": 16 / statistics.median(times), "parameters": params}))
+print(json.dumps({"images_per_second": BATCH / statistics.median(times), "parameters": params, "device": device}))
 """
 
 
-def t2i_side(steps: int) -> dict:
+def t2i_side(steps: int, batch: int, dtype: str) -> dict:
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -85,12 +95,13 @@ def t2i_side(steps: int) -> dict:
         heads=4,
         head_dim=32,
         embed_dim=256,
+        dtype=jnp.dtype(dtype),
     )
     rng = jax.random.key(0)
-    x0 = jax.random.normal(rng, (BATCH, SIZE, SIZE, 3))
-    text = jax.random.normal(rng, (BATCH, TOKENS, WIDTH))
-    mask = jnp.ones((BATCH, TOKENS), bool)
-    params = unet.init(rng, x0, jnp.zeros(BATCH), text, mask)
+    x0 = jax.random.normal(rng, (batch, SIZE, SIZE, 3))
+    text = jax.random.normal(rng, (batch, TOKENS, WIDTH))
+    mask = jnp.ones((batch, TOKENS), bool)
+    params = unet.init(rng, x0, jnp.zeros(batch), text, mask)
     tx = optax.adam(1e-4)
     opt_state = tx.init(params)
     schedule = schedules.cosine()
@@ -98,7 +109,7 @@ def t2i_side(steps: int) -> dict:
     def step(params, opt_state, rng):
         def loss_fn(p):
             noise_rng, time_rng = jax.random.split(rng)
-            logsnr = gaussian.sample_training_logsnr(time_rng, BATCH, schedule)
+            logsnr = gaussian.sample_training_logsnr(time_rng, batch, schedule)
             eps = jax.random.normal(noise_rng, x0.shape)
             out = unet.apply(p, gaussian.diffuse(x0, eps, logsnr), logsnr, text, mask)
             return gaussian.diffusion_loss(out, x0, eps, logsnr, "v")
@@ -107,7 +118,8 @@ def t2i_side(steps: int) -> dict:
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, rng).compile()
+    lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, rng)
+    compiled = lowered.compile()
     for i in range(3):
         params, opt_state, loss = compiled(params, opt_state, jax.random.fold_in(rng, i))
     jax.block_until_ready(loss)
@@ -117,10 +129,15 @@ def t2i_side(steps: int) -> dict:
         params, opt_state, loss = compiled(params, opt_state, jax.random.fold_in(rng, 100 + i))
         jax.block_until_ready(loss)
         times.append(time.perf_counter() - start)
-    cost = compiled.cost_analysis()
+    # The FLOP count of the lowered (unoptimised) program; on XLA:CPU it equals the
+    # compiled count. XLA:GPU gives none here, and its compiled count leaves out the
+    # convolutions it hands to cuDNN, so GPU rows take their FLOPs from a CPU run.
+    cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return {
-        "images_per_second": BATCH / statistics.median(times),
+        "device": jax.devices()[0].device_kind,
+        "median_step_seconds": statistics.median(times),
+        "images_per_second": batch / statistics.median(times),
         "parameters": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
         "gflop_per_step": float(cost.get("flops", 0.0)) / 1e9 if cost else None,
     }
@@ -131,23 +148,33 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--torch_python", default=os.path.join(".venv-ref", "bin", "python"))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = parser.parse_args()
-    ours = t2i_side(args.steps)
+    ours = t2i_side(args.steps, args.batch, args.dtype)
+    tflops = ours["gflop_per_step"] / ours["median_step_seconds"] / 1e3 if ours["gflop_per_step"] else float("nan")
     print(
-        f"t2i EfficientUNet: {ours['images_per_second']:.2f} images/s, {ours['parameters'] / 1e6:.2f}M params, "
-        f"{ours['gflop_per_step']:.1f} GFLOP/step"
+        f"[{ours['device']}, batch {args.batch}, {args.dtype}] t2i EfficientUNet: "
+        f"{ours['images_per_second']:.2f} images/s, {ours['parameters'] / 1e6:.2f}M params, "
+        f"{ours['gflop_per_step'] or float('nan'):.1f} GFLOP/step, {tflops:.2f} TFLOP/s achieved"
     )
-    if not os.path.exists(args.torch_python):
+    torch_python = shutil.which(args.torch_python)  # a path, or a name on PATH ("python3")
+    if torch_python is None:
         print(f"imagen-pytorch: skipped ({args.torch_python} not found)")
         return
     result = subprocess.run(
-        [args.torch_python, "-c", TORCH_SIDE, str(args.steps), str(args.threads)], capture_output=True, text=True
+        [torch_python, "-c", TORCH_SIDE, str(args.steps), str(args.threads), str(args.batch), args.dtype],
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         print("imagen-pytorch failed:\n" + result.stderr[-2000:], file=sys.stderr)
         sys.exit(1)
     theirs = json.loads(result.stdout.strip().splitlines()[-1])
-    print(f"imagen-pytorch Unet: {theirs['images_per_second']:.2f} images/s, {theirs['parameters'] / 1e6:.2f}M params")
+    print(
+        f"[{theirs['device']}] imagen-pytorch Unet: {theirs['images_per_second']:.2f} images/s, "
+        f"{theirs['parameters'] / 1e6:.2f}M params"
+    )
     print(f"ratio (t2i / imagen-pytorch): {ours['images_per_second'] / theirs['images_per_second']:.2f}x")
 
 
