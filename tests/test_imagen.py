@@ -243,6 +243,23 @@ def test_sweep_scores_each_setting_and_split_and_tabulates(trained_stages, tmp_p
     assert "--base_steps needs a training workdir" in capsys.readouterr().err
 
 
+def test_training_minutes_leave_out_the_time_a_stopped_run_sat_idle(tmp_path):
+    """The sweep's "train min": interval steps over the logged rate, so an hour between
+    a stop at step 100 and the resume is not counted, and a step inside an interval is
+    interpolated at that interval's rate."""
+    from t2i.evaluation.imagen_sweep import _training_minutes
+
+    rows = [(50, 0.0, 0.5), (100, 100.0, 0.5), (150, 3900.0, 0.25)]  # resumed at 100 an hour later
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        f.write(json.dumps({"step": 0, "split": "test", "time": 0.0, "loss": 1.0}) + "\n")
+        for step, time_, rate in rows:
+            f.write(json.dumps({"step": step, "split": "train", "time": time_, "steps_per_second": rate}) + "\n")
+    assert _training_minutes(str(tmp_path), 100) == round(200 / 60, 1)  # 100 steps at 2 s
+    assert _training_minutes(str(tmp_path), 150) == round(400 / 60, 1)  # + 50 steps at 4 s
+    assert _training_minutes(str(tmp_path), 125) == round(300 / 60, 1)
+    assert _training_minutes(str(tmp_path / "missing"), 100) is None
+
+
 def test_warm_start_adds_coordinates_to_a_trained_base_without_changing_its_output(tiny_embeddings):
     """`train.init_from`: the committed reference base, trained without pixel
     coordinates, starts a run with them; the new, zero-initialised projection leaves

@@ -35,23 +35,29 @@ def _values(text: str, kind):
 
 
 def _training_minutes(workdir: str, step: int) -> float | None:
-    """Wall minutes from the first logged step to `step` in the workdir's metrics log,
-    extrapolated back to step 0 at the first interval's rate (None without a log)."""
+    """Minutes the run spent training up to `step`, from its metrics log (None without one).
+
+    Each train record carries its interval's `steps_per_second` (measured from the
+    previous record, or from the process start after a resume), so summing
+    interval steps / rate counts compilation, checkpoints and evaluations but not the
+    time a stopped run sat idle before it was resumed, which wall-clock stamps would.
+    """
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.isfile(path):
         return None
     records = [json.loads(line) for line in open(path) if line.strip()]
-    records = [r for r in records if r.get("split") == "train" and "time" in r]
-    if len(records) < 2:
+    records = [r for r in records if r.get("split") == "train" and r.get("steps_per_second")]
+    if not records or records[0]["step"] > step:
         return None
-    first, second = records[0], records[1]
-    seconds_per_step = (second["time"] - first["time"]) / max(second["step"] - first["step"], 1)
-    start = first["time"] - first["step"] * seconds_per_step
-    at_step = [r for r in records if r["step"] <= step]
-    if not at_step:
-        return None
-    last = at_step[-1]
-    return round((last["time"] + (step - last["step"]) * seconds_per_step - start) / 60.0, 1)
+    seconds, previous = 0.0, 0
+    for record in records:
+        if record["step"] > step:
+            # Part of an interval: its rate times the steps up to `step`.
+            seconds += (step - previous) / record["steps_per_second"]
+            break
+        seconds += max(record["step"] - previous, 0) / record["steps_per_second"]
+        previous = record["step"]
+    return round(seconds / 60.0, 1)
 
 
 def markdown_table(path: str) -> str:
