@@ -32,10 +32,10 @@ data: $(DATA_DIR)/shapes/small/1.0.0/dataset_info.json
 # from scratch (data, MiniLM embeddings, base, SR; about 1.5 hours) and samples from it.
 DEMO_PROMPTS ?= 100
 DEMO_OUT ?= runs/demo_samples
-# The best setting of the sweep in docs/results.md (base: DDIM 20 steps, guidance 3;
+# The best setting of the sweep in docs/results.md (base: DDPM 25 steps, guidance 5;
 # SR: DDIM 16 steps, no guidance, augmentation level 0.1); batch 50 like the sweep, so
 # the demo's 100 test images are the sweep's, bit for bit.
-DEMO_SETTINGS = --split test --num $(DEMO_PROMPTS) --sampler ddim --steps 20,16 --guidance 3,1 \
+DEMO_SETTINGS = --split test --num $(DEMO_PROMPTS) --sampler ddpm,ddim --steps 25,16 --guidance 5,1 \
   --thresholding none,none --aug_level 0.1 --batch_size 50
 EMBEDDINGS = $(DATA_DIR)/shapes/small/1.0.0/text_embeddings/minilm_L24/embeddings.npy
 $(EMBEDDINGS): | data

@@ -57,9 +57,11 @@ def get_config(arg=None):
             resolution=32 if stage == "base" else 64,
             low_resolution=0 if stage == "base" else 32,
             train_crop=0 if stage == "base" else 32,
-            # Pixel coordinates into the first features (unet.py). Off: 2,185 warm-started
-            # steps with them left position at chance (docs/results.md, experiments).
-            coord_channels=False,
+            # Pixel coordinates into the first features (unet.py), for the base only (the
+            # SR stage trains on crops and sees the layout in its low-resolution input).
+            # Trained from scratch together with diffusion.snr_floor below; the two were
+            # not separated (docs/results.md).
+            coord_channels=stage == "base",
             base_channels=32,
             channel_mults=(1, 2, 4),
             num_res_blocks=(1, 2, 2),
@@ -81,7 +83,10 @@ def get_config(arg=None):
             schedule_kwargs={},
             parametrization="v",
             min_snr_gamma=5.0,
-            snr_floor=0.0,
+            # Truncated-SNR weighting for the base: the x0-terms weight is clip(snr, 1, 5),
+            # not min(snr, 5), so the high-noise steps, where the layout is decided from
+            # the text, are not weighted away (position went from chance to >50% on test).
+            snr_floor=1.0 if stage == "base" else 0.0,
             cond_drop_prob=0.1,
             noise_aug_max=0.5,
         )

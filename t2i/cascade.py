@@ -46,7 +46,7 @@ class StageSettings:
 # cascade's best measured setting (docs/results.md). The base is guided; a
 # super-resolution stage is not (guidance 1 skips the unconditional pass and halves its
 # cost) and takes 16 steps, as fewer leave a speckle that the Shapes evaluator misreads.
-BASE_DEFAULTS = dict(sampler="ddim", steps=20, guidance_weight=3.0, thresholding="none")
+BASE_DEFAULTS = dict(sampler="ddpm", steps=25, guidance_weight=5.0, thresholding="none")
 SR_DEFAULTS = dict(sampler="ddim", steps=16, guidance_weight=1.0, thresholding="none", noise_aug_level=0.1)
 
 

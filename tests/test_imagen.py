@@ -260,20 +260,32 @@ def test_training_minutes_leave_out_the_time_a_stopped_run_sat_idle(tmp_path):
     assert _training_minutes(str(tmp_path / "missing"), 100) is None
 
 
-def test_warm_start_adds_coordinates_to_a_trained_base_without_changing_its_output(tiny_embeddings):
-    """`train.init_from`: the committed reference base, trained without pixel
-    coordinates, starts a run with them; the new, zero-initialised projection leaves
-    the loss exactly as it was but gets a gradient, and a source that does not fit the
-    model is a one-line error."""
+def _without_coordinates(export: str, out: str) -> str:
+    """A copy of a base export as a model without pixel coordinates: its other trained
+    weights, its `coord_proj` (if any) dropped and `model.coord_channels` off."""
+    with np.load(export) as data:
+        arrays = {key: data[key] for key in data.files if "coord_proj" not in key}
+    config = json.loads(str(arrays["__config__"]))
+    config["model"]["coord_channels"] = False
+    arrays["__config__"] = np.asarray(json.dumps(config, sort_keys=True))
+    np.savez(out, **arrays)
+    return out
+
+
+def test_warm_start_adds_coordinates_to_a_trained_base_without_changing_its_output(tiny_embeddings, tmp_path):
+    """`train.init_from`: a trained base without pixel coordinates (the committed
+    reference's weights, less its coordinate projection) starts a run with them; the new,
+    zero-initialised projection leaves the loss exactly as it was but gets a gradient,
+    and a source that does not fit the model is a one-line error."""
     from t2i.cascade import REFERENCE_STAGES, load_stage
     from t2i.errors import UsageError
     from t2i.parallel.mesh import LOGICAL_AXIS_RULES, create_mesh
     from t2i.train.optim import make_optimizer
     from t2i.train.trainer import abstract_train_state, init_train_state, warm_start
 
-    reference = REFERENCE_STAGES[0]
+    reference = _without_coordinates(REFERENCE_STAGES[0], str(tmp_path / "base.npz"))
     source = load_stage(reference)
-    assert not source.config.model.get("coord_channels", False)
+    assert not source.config.model.coord_channels
 
     def fresh_state(*overrides):
         config = load_config(
