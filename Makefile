@@ -29,7 +29,7 @@ data: $(DATA_DIR)/shapes/small/1.0.0/dataset_info.json
 # The demo: the committed Imagen reference cascade (t2i/assets/imagen_shapes/) draws
 # the first $(DEMO_PROMPTS) Shapes test captions at 64 px and the GenEval-style evaluator
 # scores them (a few minutes on 2 cores). `make demo TRAIN=1` first trains the cascade
-# from scratch (data, MiniLM embeddings, base, SR; about 1.5 hours) and samples from it.
+# from scratch (data, MiniLM embeddings, base, SR; about 2 hours) and samples from it.
 DEMO_PROMPTS ?= 100
 DEMO_OUT ?= runs/demo_samples
 # The best setting of the sweep in docs/results.md (base: DDPM 25 steps, guidance 5;
