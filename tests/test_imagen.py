@@ -207,9 +207,9 @@ def test_sample_without_checkpoints_uses_the_committed_reference(tmp_path):
     stages = rows[0]["settings"]["stages"]
     assert [s["source"] for s in stages] == list(REFERENCE_STAGES)
     # unnamed settings are each stage's defaults: the reference's best measured setting
-    assert [(s["steps"], s["guidance_weight"], s["thresholding"]) for s in stages] == [
-        (2, 3.0, "none"),
-        (2, 1.0, "none"),
+    assert [(s["sampler"], s["steps"], s["guidance_weight"], s["thresholding"]) for s in stages] == [
+        ("ddpm", 2, 5.0, "none"),
+        ("ddim", 2, 1.0, "none"),
     ]
     assert stages[1]["noise_aug_level"] == 0.1
     assert np.asarray(Image.open(out / rows[1]["image"])).shape == (64, 64, 3)
