@@ -13,8 +13,9 @@ Results go in docs/benchmarks.md.
 
 On a machine with a GPU both sides run on it (JAX's default backend; torch's "cuda"):
 `--batch` and `--dtype bfloat16` (t2i: bf16 compute with fp32 params; torch: autocast
-to bf16) give the accelerator rows, and t2i's achieved TFLOP/s (XLA's FLOP count over
-the median step time) is printed for an MFU estimate.
+to bf16) give the accelerator rows. t2i's achieved TFLOP/s (XLA's FLOP count over the
+median step time) is printed where XLA gives a count: on CPU; XLA:GPU gives none, so
+an MFU estimate there takes the CPU run's count (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def get_config(arg=None):
             min_snr_gamma=5.0,
             # Truncated-SNR weighting for the base: the x0-terms weight is clip(snr, 1, 5),
             # not min(snr, 5), so the high-noise steps, where the layout is decided from
-            # the text, are not weighted away (position went from chance to >50% on test).
+            # the text, are not weighted away (position went from 10% to 100% on test).
             snr_floor=1.0 if stage == "base" else 0.0,
             cond_drop_prob=0.1,
             noise_aug_max=0.5,

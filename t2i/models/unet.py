@@ -229,8 +229,8 @@ class EfficientUNet(nn.Module):
     ff_mult: int = 0  # feed-forward width multiple in attention blocks (0: none)
     # Add a learned projection of the pixel coordinates to the first feature map, so a
     # cross-attention query knows where it is ("in the top left", "to the left of").
-    # Not in the paper, whose U-Nets see position only through zero padding; off in
-    # every config (it did not help on its own: docs/results.md, experiments).
+    # Not in the paper, whose U-Nets see position only through zero padding; the Shapes
+    # base turns it on, together with a truncated-SNR loss floor (docs/results.md).
     # Zero-initialised, so turning it on in a trained model (`train.init_from`) leaves
     # its output unchanged at the first step.
     coord_channels: bool = False
