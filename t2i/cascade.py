@@ -37,9 +37,16 @@ class StageSettings:
     thresholding: str = "dynamic"
     percentile: float = 0.99
     noise_aug_level: float = 0.1  # super-resolution stages only
+    # Guide only at log-SNR in [lo, hi] (None: unbounded on that side); see samplers.Guidance.
+    guidance_interval: tuple[float | None, float | None] = (None, None)
 
     def guidance(self) -> samplers.Guidance:
-        return samplers.Guidance(self.guidance_weight, self.thresholding, self.percentile)
+        return samplers.Guidance(
+            self.guidance_weight,
+            self.thresholding,
+            self.percentile,
+            interval=samplers.interval_bounds(self.guidance_interval),
+        )
 
 
 # What a stage samples with when the command line names nothing: the reference Shapes

@@ -93,6 +93,7 @@ def _cmd_sample(args, overrides) -> int:
         thresholding=args.thresholding,
         percentile=args.percentile,
         noise_aug_level=args.aug_level,
+        guidance_interval=args.guidance_interval,
     )
     manifest = run_pipeline(args.pipeline, prompts, args.out, seed=args.seed, options=options)
     print(f"wrote {len(prompts)} images and {manifest}")
@@ -251,6 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholding", help="none | static | dynamic" + stage_help)
     p.add_argument("--percentile", help="dynamic thresholding percentile" + stage_help)
     p.add_argument("--aug_level", help="noise-conditioning augmentation level of SR stages" + stage_help)
+    p.add_argument(
+        "--guidance_interval",
+        help="guide only at log-SNR in LO:HI, either side open (write --guidance_interval=-6:2,: so the "
+        "leading minus is not read as a flag)" + stage_help,
+    )
     p.set_defaults(handler=_cmd_sample)
 
     p = commands.add_parser(

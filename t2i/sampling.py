@@ -77,6 +77,12 @@ def imagen_pipeline(prompts: Sequence[str], seed: int, options: dict) -> tuple[n
     return images, {"pipeline": "imagen", "stages": described}
 
 
+def _interval(text: str) -> tuple[float | None, float | None]:
+    from t2i.diffusion.samplers import parse_interval
+
+    return parse_interval(text)
+
+
 STAGE_OPTIONS = {
     "sampler": str,
     "steps": int,
@@ -84,6 +90,7 @@ STAGE_OPTIONS = {
     "thresholding": str,
     "percentile": float,
     "noise_aug_level": float,
+    "guidance_interval": _interval,  # LO:HI in log-SNR, e.g. "-6:2,:" (base -6..2, SR every step)
 }
 
 

@@ -148,3 +148,32 @@ def test_classifier_free_guidance_and_thresholding():
     np.testing.assert_allclose(dynamic[1], values[1], rtol=1e-6)  # s = max(1, p) leaves |x| < 1 alone
     static = samplers.threshold(values, samplers.Guidance(thresholding="static"))
     assert float(jnp.abs(static).max()) == 1.0 and float(jnp.abs(dynamic).max()) <= 1.0
+
+
+def test_guidance_interval_guides_only_inside_and_skips_the_unconditional_pass_outside():
+    batches = []
+
+    def model(x, logsnr, conditioning):  # x0 prediction = 0.5 x + the condition
+        batches.append(x.shape[0])  # traced once per branch
+        return 0.5 * x + conditioning.reshape(-1, 1, 1, 1)
+
+    x = jnp.ones((2, 2, 2, 1))
+    cond, null = jnp.array([1.0, 2.0]), jnp.zeros(2)
+    guidance = samplers.Guidance(weight=3.0, interval=samplers.interval_bounds((-2.0, 1.0)))
+    denoise = jax.jit(samplers.make_denoiser(model, "x0", guidance, cond, null))
+    for logsnr, weight in ((-3.0, 1.0), (-2.0, 3.0), (0.0, 3.0), (1.0, 3.0), (1.5, 1.0)):
+        x0, _ = denoise(x, jnp.float32(logsnr))  # a traced log-SNR, as inside a sampler's scan
+        np.testing.assert_allclose(x0[:, 0, 0, 0], 0.5 + weight * cond, err_msg=f"log-SNR {logsnr}")
+    assert sorted(batches) == [2, 4]  # two branches: the guided one runs the doubled batch
+    jaxpr = str(jax.make_jaxpr(samplers.make_denoiser(model, "x0", guidance, cond, null))(x, jnp.float32(0.0)))
+    assert "cond[" in jaxpr  # one branch runs, not both
+
+    assert samplers.parse_interval("-6:2") == (-6.0, 2.0)
+    assert samplers.parse_interval(":2") == (None, 2.0) and samplers.parse_interval("-4:") == (-4.0, None)
+    assert samplers.parse_interval(":") == (None, None) == samplers.parse_interval("")
+    assert samplers.interval_bounds((None, 2.0)) == (-np.inf, 2.0)
+    for bad in ("2:1", "x:1", "1", "1:2:3"):
+        with pytest.raises(ValueError, match="guidance interval"):
+            samplers.parse_interval(bad)
+    with pytest.raises(ValueError, match="low end"):
+        samplers.Guidance(weight=2.0, interval=(1.0, 0.0))

@@ -87,6 +87,7 @@ def test_cascade_sample_command_writes_a_manifest_eval_reads(trained_stages, tmp
         "3,2",
         "--guidance",
         "4,2",
+        "--guidance_interval=-6:2,:",
         "--batch_size",
         "2",
     ]
@@ -99,6 +100,7 @@ def test_cascade_sample_command_writes_a_manifest_eval_reads(trained_stages, tmp
     ]
     stages = rows[0]["settings"]["stages"]
     assert [s["steps"] for s in stages] == [3, 2] and [s["guidance_weight"] for s in stages] == [4.0, 2.0]
+    assert [s["guidance_interval"] for s in stages] == [[-6.0, 2.0], [None, None]]
     assert np.asarray(Image.open(tmp_path / "out" / rows[0]["image"])).shape == (64, 64, 3)
     capsys.readouterr()
     assert main(["eval", "shapes", str(tmp_path / "out")]) == 0  # the evaluator reads it
@@ -221,18 +223,20 @@ def test_sweep_scores_each_setting_and_split_and_tabulates(trained_stages, tmp_p
     base, sr = trained_stages["base"][0], trained_stages["sr"][0]
     out = tmp_path / "sweep.jsonl"
     argv = ["--base", base, "--sr", sr, "--splits", "test,heldout", "--num", "2", "--batch_size", "2"]
-    argv += ["--steps", "2", "--sr_steps", "2", "--guidance", "1,3", "--thresholding", "none", "--out", str(out)]
+    argv += ["--steps", "2", "--sr_steps", "2", "--guidance", "3", "--guidance_interval=:,-4:"]
+    argv += ["--thresholding", "none", "--out", str(out)]
     assert imagen_sweep.main(argv) == 0
     rows = [json.loads(line) for line in open(out)]
-    assert [(r["base"]["guidance_weight"], r["split"]) for r in rows] == [
-        (1.0, "test"),
-        (1.0, "heldout"),
-        (3.0, "test"),
-        (3.0, "heldout"),
+    assert [(r["base"]["guidance_weight"], r["base"]["guidance_interval"], r["split"]) for r in rows] == [
+        (3.0, [None, None], "test"),
+        (3.0, [None, None], "heldout"),
+        (3.0, [-4.0, None], "test"),
+        (3.0, [-4.0, None], "heldout"),
     ]
     assert all(r["num"] == 2 and r["base_step"] == 2 and 0.0 <= r["overall"] <= 1.0 for r in rows)
     table = imagen_sweep.markdown_table(str(out))
     assert len(table.splitlines()) == 2 + len(rows) and "| heldout |" in table
+    assert "| 3 | none |" in table and "| 3 @ -4.. | none |" in table
     capsys.readouterr()
     assert imagen_sweep.main([*argv[:-1], str(tmp_path / "x.jsonl"), "--guidance", "1,x"]) == 2
     assert "bad list '1,x'" in capsys.readouterr().err

@@ -30,8 +30,8 @@ from t2i.errors import UsageError
 def _values(text: str, kind):
     try:
         return [kind(value) for value in text.split(",")]
-    except ValueError:
-        raise UsageError(f"bad list {text!r}") from None
+    except ValueError as error:
+        raise UsageError(f"bad list {text!r}: {error}") from None
 
 
 def _training_minutes(workdir: str, step: int) -> float | None:
@@ -60,6 +60,15 @@ def _training_minutes(workdir: str, step: int) -> float | None:
     return round(seconds / 60.0, 1)
 
 
+def _weight_cell(setting: dict) -> str:
+    """The guidance weight, with its log-SNR interval where it is limited ("5 @ -6..2")."""
+    lo, hi = setting.get("guidance_interval") or (None, None)
+    if lo is None and hi is None:
+        return f"{setting['guidance_weight']:g}"
+    ends = ("" if lo is None else f"{lo:g}", "" if hi is None else f"{hi:g}")
+    return f"{setting['guidance_weight']:g} @ {ends[0]}..{ends[1]}"
+
+
 def markdown_table(path: str) -> str:
     """The records of a sweep file as a Markdown table, one row per (setting, split)."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
@@ -70,7 +79,7 @@ def markdown_table(path: str) -> str:
     for r in rows:
         base = r["base"]
         cells = [r["base_step"], r.get("base_training_minutes") or "-", base["sampler"], base["steps"]]
-        cells += [f"{base['guidance_weight']:g}", base["thresholding"], r["split"], r["num"], f"**{r['overall']:.0%}**"]
+        cells += [_weight_cell(base), base["thresholding"], r["split"], r["num"], f"**{r['overall']:.0%}**"]
         cells += [f"{r['per_kind'].get(k, 0):.0%}" for k in ("single", "pair", "count")]
         cells += [f"{r['per_attribute'][a]:.0%}" if a in r["per_attribute"] else "-" for a in attributes]
         cells.append(f"{r['seconds'] / r['num']:.2f}")
@@ -95,6 +104,12 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", default="20", help="base step count(s)")
     parser.add_argument("--guidance", default="3", help="base guidance weight(s)")
     parser.add_argument("--thresholding", default="dynamic", help="base thresholding(s): none|static|dynamic")
+    parser.add_argument(
+        "--guidance_interval",
+        default=":",
+        help="base guidance interval(s) in log-SNR, LO:HI (open sides allowed; ':' is every step); "
+        "write --guidance_interval=-6:2,-4:",
+    )
     parser.add_argument("--sr_sampler", default="ddim")
     parser.add_argument("--sr_steps", type=int, default=8)
     parser.add_argument("--sr_guidance", type=float, default=1.0)
@@ -114,6 +129,7 @@ def _sweep(args) -> int:
 
     from t2i.cascade import StageSettings, load_stage, run_cascade
     from t2i.cli import split_prompts
+    from t2i.diffusion.samplers import parse_interval
     from t2i.evaluation import shapes_eval
     from t2i.train.logging import save_grid
 
@@ -136,14 +152,21 @@ def _sweep(args) -> int:
             _values(args.steps, int),
             _values(args.guidance, float),
             _values(args.thresholding, str),
+            _values(args.guidance_interval, parse_interval),
         )
     )
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     for base_step in base_steps:
         base = load_stage(args.base, base_step)
         minutes = None if args.base.endswith(".npz") else _training_minutes(args.base, base.step)
-        for sampler, steps, guidance, thresholding in grid:
-            setting = StageSettings(sampler=sampler, steps=steps, guidance_weight=guidance, thresholding=thresholding)
+        for sampler, steps, guidance, thresholding, interval in grid:
+            setting = StageSettings(
+                sampler=sampler,
+                steps=steps,
+                guidance_weight=guidance,
+                thresholding=thresholding,
+                guidance_interval=interval,
+            )
             for split in splits:
                 start = time.perf_counter()
                 images = run_cascade([base, sr], [setting, sr_setting], prompts[split], args.seed, args.batch_size)
@@ -163,12 +186,17 @@ def _sweep(args) -> int:
                 with open(args.out, "a") as f:
                     f.write(json.dumps(record, sort_keys=True) + "\n")
                 print(
-                    f"step {base.step} {sampler} {steps} w={guidance} {thresholding} {split}: "
+                    f"step {base.step} {sampler} {steps} w={_weight_cell(record['base'])} {thresholding} {split}: "
                     f"overall {record['overall']:.3f} ({seconds:.0f} s)",
                     flush=True,
                 )
                 if args.grid_dir:
-                    name = f"step{base.step}_{sampler}{steps}_w{guidance:g}_{thresholding}_{split}.png"
+                    limited = (
+                        ""
+                        if interval == (None, None)
+                        else "_at" + "_".join("" if v is None else f"{v:g}" for v in interval)
+                    )
+                    name = f"step{base.step}_{sampler}{steps}_w{guidance:g}{limited}_{thresholding}_{split}.png"
                     os.makedirs(args.grid_dir, exist_ok=True)
                     save_grid(os.path.join(args.grid_dir, name), np.asarray(images[:32]), prompts[split][:32])
     return 0
