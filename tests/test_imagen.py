@@ -213,6 +213,7 @@ def test_sample_without_checkpoints_uses_the_committed_reference(tmp_path):
         ("ddpm", 2, 5.0, "none"),
         ("ddim", 2, 1.0, "none"),
     ]
+    assert [s["guidance_interval"] for s in stages] == [[-4.0, 2.0], [None, None]]
     assert stages[1]["noise_aug_level"] == 0.1
     assert np.asarray(Image.open(out / rows[1]["image"])).shape == (64, 64, 3)
 
