@@ -94,6 +94,10 @@ STAGE_OPTIONS = {
 }
 
 
+# The command-line flag of each stage option whose flag is named differently.
+_FLAGS = {"guidance_weight": "guidance", "noise_aug_level": "aug_level"}
+
+
 def stage_options(options: dict, num_stages: int) -> list[dict]:
     """Per-stage settings from comma-separated option strings ("5,3": base 5, SR 3;
     one value serves every stage)."""
@@ -102,14 +106,15 @@ def stage_options(options: dict, num_stages: int) -> list[dict]:
         text = options.get(name)
         if text is None:
             continue
+        flag = "--" + _FLAGS.get(name, name)
         values = str(text).split(",")
         if len(values) not in (1, num_stages):
-            raise UsageError(f"--{name} has {len(values)} values for {num_stages} stages")
+            raise UsageError(f"{flag} has {len(values)} values for {num_stages} stages")
         for index in range(num_stages):
             try:
                 per_stage[index][name] = kind(values[index if len(values) > 1 else 0])
-            except ValueError:
-                raise UsageError(f"bad value for --{name}: {text!r}") from None
+            except ValueError as error:
+                raise UsageError(f"bad value for {flag}: {text!r} ({error})") from None
     return per_stage
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 
 from t2i.config import load_config
 from t2i.data import pipeline
+from t2i.errors import UsageError
 from t2i.tasks import get_task
 from t2i.train.trainer import train
 
@@ -352,3 +353,19 @@ def test_prompt_sensitivity_of_the_reference_base():
     assert again["same"] == 0.0 and again["colour"] > 0.05
     with pytest.raises(ValueError, match="defined for a base stage"):
         prompt_sensitivity(load_stage(REFERENCE_STAGES[1]), logsnr=0.0)
+
+
+def test_stage_options_split_per_stage_and_name_the_flag_in_errors():
+    from t2i.sampling import stage_options
+
+    per_stage = stage_options({"guidance_weight": "5,1", "guidance_interval": "-4:2,:", "steps": "50"}, 2)
+    assert per_stage == [
+        {"steps": 50, "guidance_weight": 5.0, "guidance_interval": (-4.0, 2.0)},
+        {"steps": 50, "guidance_weight": 1.0, "guidance_interval": (None, None)},
+    ]
+    with pytest.raises(UsageError, match="--guidance has 3 values for 2 stages"):
+        stage_options({"guidance_weight": "1,2,3"}, 2)
+    with pytest.raises(UsageError, match=r"bad value for --aug_level: 'x'"):
+        stage_options({"noise_aug_level": "x"}, 2)
+    with pytest.raises(UsageError, match=r"bad value for --guidance_interval: '2:1,:' \(.*low end above"):
+        stage_options({"guidance_interval": "2:1,:"}, 2)
