@@ -239,6 +239,13 @@ def test_sweep_scores_each_setting_and_split_and_tabulates(trained_stages, tmp_p
     table = imagen_sweep.markdown_table(str(out))
     assert len(table.splitlines()) == 2 + len(rows) and "| heldout |" in table
     assert "| 3 | none |" in table and "| 3 @ -4.. | none |" in table
+    assert all(r["offset"] == 0 for r in rows)
+    shifted = tmp_path / "shifted.jsonl"
+    shifted.write_text(json.dumps(dict(rows[0], offset=100, num=2)) + "\n")
+    assert "| test [100:102] | 2 |" in imagen_sweep.markdown_table(str(shifted))
+    capsys.readouterr()
+    assert imagen_sweep.main([*argv[:-1], str(tmp_path / "z.jsonl"), "--offset", "-1"]) == 2
+    assert "--offset must be at least 0" in capsys.readouterr().err
     capsys.readouterr()
     assert imagen_sweep.main([*argv[:-1], str(tmp_path / "x.jsonl"), "--guidance", "1,x"]) == 2
     assert "bad list '1,x'" in capsys.readouterr().err

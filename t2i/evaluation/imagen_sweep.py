@@ -6,6 +6,7 @@
 
 Every combination of the comma-separated base-stage settings (and of `--base_steps`,
 checkpoints of the base workdir: a learning curve) samples the first `--num` captions
+(after `--offset`: a setting chosen on the first 100 can be checked on the next 100)
 of each split through the whole cascade and is scored by the Shapes evaluator on the
 64 px output. The stages load and each sampler compiles once for the whole sweep (the
 same work as `t2i sample` + `t2i eval shapes` per setting, without reloading). One JSON
@@ -79,7 +80,9 @@ def markdown_table(path: str) -> str:
     for r in rows:
         base = r["base"]
         cells = [r["base_step"], r.get("base_training_minutes") or "-", base["sampler"], base["steps"]]
-        cells += [_weight_cell(base), base["thresholding"], r["split"], r["num"], f"**{r['overall']:.0%}**"]
+        offset = r.get("offset", 0)
+        split = f"{r['split']} [{offset}:{offset + r['num']}]" if offset else r["split"]
+        cells += [_weight_cell(base), base["thresholding"], split, r["num"], f"**{r['overall']:.0%}**"]
         cells += [f"{r['per_kind'].get(k, 0):.0%}" for k in ("single", "pair", "count")]
         cells += [f"{r['per_attribute'][a]:.0%}" if a in r["per_attribute"] else "-" for a in attributes]
         cells.append(f"{r['seconds'] / r['num']:.2f}")
@@ -98,6 +101,7 @@ def main(argv=None) -> int:
     parser.add_argument("--base_steps", default="", help="checkpoint steps of the --base workdir (default: newest)")
     parser.add_argument("--splits", default="test,heldout")
     parser.add_argument("--num", type=int, default=200, help="captions per split, from the first")
+    parser.add_argument("--offset", type=int, default=0, help="skip this many captions of each split first")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=50)
     parser.add_argument("--sampler", default="ddim", help="base sampler(s)")
@@ -134,7 +138,9 @@ def _sweep(args) -> int:
     from t2i.train.logging import save_grid
 
     splits = args.splits.split(",")
-    prompts = {split: split_prompts(split, args.num) for split in splits}
+    if args.offset < 0:
+        raise UsageError(f"--offset must be at least 0, got {args.offset}")
+    prompts = {split: split_prompts(split, args.offset + args.num)[args.offset :] for split in splits}
     base_steps = _values(args.base_steps, int) if args.base_steps else [None]
     if args.base_steps and args.base.endswith(".npz"):
         raise UsageError("--base_steps needs a training workdir; an exported .npz holds one step")
@@ -174,6 +180,7 @@ def _sweep(args) -> int:
                 report = shapes_eval.evaluate(zip(prompts[split], images))
                 record = dict(
                     split=split,
+                    offset=args.offset,
                     num=len(images),
                     base_step=base.step,
                     base_training_minutes=minutes,
