@@ -226,8 +226,14 @@ def test_sweep_scores_each_setting_and_split_and_tabulates(trained_stages, tmp_p
     out = tmp_path / "sweep.jsonl"
     argv = ["--base", base, "--sr", sr, "--splits", "test,heldout", "--num", "2", "--batch_size", "2"]
     argv += ["--steps", "2", "--sr_steps", "2", "--guidance", "3", "--guidance_interval=:,-4:"]
-    argv += ["--thresholding", "none", "--out", str(out)]
+    argv += ["--thresholding", "none", "--grid_dir", str(tmp_path / "grids"), "--out", str(out)]
     assert imagen_sweep.main(argv) == 0
+    assert sorted(os.listdir(tmp_path / "grids")) == [
+        "step2_ddim2_w3_at-4__none_heldout.png",
+        "step2_ddim2_w3_at-4__none_test.png",
+        "step2_ddim2_w3_none_heldout.png",
+        "step2_ddim2_w3_none_test.png",
+    ]
     rows = [json.loads(line) for line in open(out)]
     assert [(r["base"]["guidance_weight"], r["base"]["guidance_interval"], r["split"]) for r in rows] == [
         (3.0, [None, None], "test"),

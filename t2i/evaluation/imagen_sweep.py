@@ -203,7 +203,10 @@ def _sweep(args) -> int:
                         if interval == (None, None)
                         else "_at" + "_".join("" if v is None else f"{v:g}" for v in interval)
                     )
-                    name = f"step{base.step}_{sampler}{steps}_w{guidance:g}{limited}_{thresholding}_{split}.png"
+                    shifted = f"_from{args.offset}" if args.offset else ""  # no clash with offset 0's grid
+                    name = (
+                        f"step{base.step}_{sampler}{steps}_w{guidance:g}{limited}_{thresholding}_{split}{shifted}.png"
+                    )
                     os.makedirs(args.grid_dir, exist_ok=True)
                     save_grid(os.path.join(args.grid_dir, name), np.asarray(images[:32]), prompts[split][:32])
     return 0
