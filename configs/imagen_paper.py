@@ -121,6 +121,8 @@ def get_config(arg=None):
             thresholding="dynamic",
             percentile=0.995,
             noise_aug_level=0.2,
+            # Guide only at log-SNR in [lo, hi] (None: open side); (None, None) guides every step.
+            guidance_interval=(None, None),
         )
     )
     config.optimizer = default_optimizer_config()

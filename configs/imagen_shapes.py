@@ -100,6 +100,8 @@ def get_config(arg=None):
             thresholding="dynamic",
             percentile=0.99,
             noise_aug_level=0.1,
+            # Guide only at log-SNR in [lo, hi] (None: open side); (None, None) guides every step.
+            guidance_interval=(None, None),
         )
     )
     config.optimizer = default_optimizer_config()

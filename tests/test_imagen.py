@@ -129,6 +129,23 @@ def test_base_sampling_with_guidance_and_thresholding(tiny_data_dir):
     out = task.model.apply(params, jnp.zeros((4, 32, 32, 3)), jnp.zeros(4), empty["tokens"], empty["text_mask"])
     assert bool(jnp.all(jnp.isfinite(out)))
 
+    # config.sampling.guidance_interval reaches the sampler: an interval no step falls
+    # in samples exactly what guidance 1 does. (Perturbed weights: at initialisation the
+    # zero-initialised output projections make the text, and so guidance, a no-op.)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(3), len(leaves))
+    noisy = treedef.unflatten([x + 0.05 * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys)])
+
+    def sampled(*overrides):
+        other = get_task(_config("stage=base,text=tokens", tiny_data_dir, *overrides))
+        return jax.jit(lambda p, b, r: other.sample(p, b, r))(noisy, batch, jax.random.key(1))
+
+    unguided = sampled("sampling.guidance_weight=1.0")
+    np.testing.assert_array_equal(
+        sampled("sampling.guidance_weight=3.0", "sampling.guidance_interval=(50.0,60.0)"), unguided
+    )
+    assert not np.array_equal(sampled("sampling.guidance_weight=3.0"), unguided)
+
 
 def test_sr_crops_cut_the_same_window_from_image_and_condition():
     from t2i.tasks.imagen import random_crop

@@ -195,7 +195,11 @@ class ImagenTask(Task):
         steps = steps or sampling.steps
         sampler = sampler or sampling.sampler
         guidance = guidance or samplers.Guidance(
-            weight=sampling.guidance_weight, thresholding=sampling.thresholding, percentile=sampling.percentile
+            weight=sampling.guidance_weight,
+            thresholding=sampling.thresholding,
+            percentile=sampling.percentile,
+            # .get: configs stored before the interval existed have no such field
+            interval=samplers.interval_bounds(tuple(sampling.get("guidance_interval") or (None, None))),
         )
         text, mask = self._text(batch)
         batch_size = mask.shape[0]
