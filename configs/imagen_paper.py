@@ -13,8 +13,8 @@ architectures (their parameter counts are tested) and the mesh for a pod.
 import ml_collections
 
 from t2i.config import parse_arg
+from t2i.train.defaults import default_train_config
 from t2i.train.optim import default_optimizer_config
-from t2i.train.trainer import default_train_config
 
 STAGES = {
     # Base: an ADM-style U-Net at 64x64 (Imagen builds its base on Improved DDPM): 512

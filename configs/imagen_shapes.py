@@ -16,8 +16,8 @@ model), its outputs precomputed once per build:
 import ml_collections
 
 from t2i.config import parse_arg
+from t2i.train.defaults import default_train_config
 from t2i.train.optim import default_optimizer_config
-from t2i.train.trainer import default_train_config
 
 
 def get_config(arg=None):

@@ -34,6 +34,7 @@ from t2i.parallel.mesh import LOGICAL_AXIS_RULES, create_mesh
 from t2i.parallel.partitioning import batch_sharding, global_batch, strip_boxes, tree_shardings
 from t2i.train import logging as train_logging
 from t2i.train.checkpoint import Checkpointer, abstract_like
+from t2i.train.defaults import default_train_config  # noqa: F401 (re-exported)
 from t2i.train.optim import make_optimizer
 from t2i.train.state import TrainState, create_state, make_train_step
 
@@ -339,30 +340,3 @@ def _write_samples(task, state, config, mesh, workdir, writer, step, rng):
     n = min(len(texts), config.train.num_samples)
     train_logging.save_grid(path, np.asarray(images)[:n], list(texts)[:n], scale=config.train.sample_scale)
     writer.image(step, "samples", train_logging.make_grid(np.asarray(images)[:n]))
-
-
-def default_train_config() -> ml_collections.ConfigDict:
-    """The `train` block every experiment config starts from."""
-    return ml_collections.ConfigDict(
-        dict(
-            num_steps=1000,
-            log_every=50,
-            checkpoint_every=500,
-            keep_checkpoints=3,
-            async_checkpoints=True,
-            eval_every=0,
-            eval_split="validation",
-            eval_examples=0,  # 0: the whole split
-            eval_ema=True,
-            ema_decay=0.999,
-            max_nonfinite_in_a_row=20,
-            # A fresh run (no checkpoint in its workdir yet) may start from another
-            # run's EMA params: a workdir (its newest checkpoint, or init_from_step) or
-            # an exported .npz. See `warm_start`.
-            init_from="",
-            init_from_step=0,
-            sample_every=0,
-            num_samples=16,
-            sample_scale=4,
-        )
-    )
