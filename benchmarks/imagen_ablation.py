@@ -171,16 +171,6 @@ def score(base_stage, sr_stage, split: str, num: int, batch_size: int) -> dict:
     )
 
 
-def export(params, config, step: int, path: str) -> None:
-    from flax import traverse_util
-
-    flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
-    arrays = {key: np.asarray(value, np.float16) for key, value in flat.items()}
-    arrays[cascade._CONFIG_KEY] = np.asarray(json.dumps(config_lib.to_json(config), sort_keys=True))
-    arrays[cascade._STEP_KEY] = np.asarray(step, np.int64)
-    np.savez(path, **arrays)
-
-
 def pack_minilm(site_dir: str) -> str:
     """Writes a float16 copy of the installed MiniLM package under `site_dir` (45 MB
     instead of 91 MB, so it travels to a machine that cannot install it): put
@@ -271,7 +261,7 @@ def main(argv=None) -> int:
         with open(results_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if args.export:
-            export(ema, config, steps, os.path.join(args.out, f"{name}.npz"))
+            cascade.write_export(ema, config_lib.to_json(config), steps, os.path.join(args.out, f"{name}.npz"))
     return 0
 
 

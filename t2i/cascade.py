@@ -119,11 +119,17 @@ def export_stage(workdir: str, out_path: str, step: int | None = None) -> str:
     float16 rather than bfloat16: numpy stores it natively and its 10-bit mantissa keeps
     the weights to about 5e-4 relative error, while every weight of a U-Net trained in
     f32 lies far inside its range."""
-    from flax import traverse_util
-
     if not out_path.endswith(".npz"):
         raise UsageError(f"the export file must end in .npz, got {out_path}")
     params, config_dict, step = _restore_workdir(workdir, step)
+    return write_export(params, config_dict, step, out_path)
+
+
+def write_export(params, config_dict: dict, step: int, out_path: str) -> str:
+    """Writes (unboxed) params as float16 with their config and step: a file that
+    `load_stage` reads. Atomic: a failure leaves no half-written file."""
+    from flax import traverse_util
+
     flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
     arrays = {key: np.asarray(value, np.float16) for key, value in flat.items()}
     for key, value in arrays.items():
