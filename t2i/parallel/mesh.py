@@ -47,6 +47,8 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, object], ...] = (
     ("conv_out", "tensor"),
     ("norm", None),
     ("classes", None),
+    ("vq_codes", None),
+    ("vq_code_dim", None),
 )
 
 
