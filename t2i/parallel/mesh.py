@@ -49,6 +49,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, object], ...] = (
     ("classes", None),
     ("vq_codes", None),
     ("vq_code_dim", None),
+    ("patch_pixels", None),
 )
 
 
