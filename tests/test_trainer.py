@@ -66,8 +66,8 @@ def test_nonfinite_update_is_skipped_and_counted():
     params = {"w": jnp.ones((3,))}
     tx = optax.sgd(0.1)
 
-    def loss_fn(p, batch, rng):
-        del rng
+    def loss_fn(p, batch, rng, step):
+        del rng, step
         return jnp.sum(p["w"] * batch["x"]), {}
 
     step = jax.jit(make_train_step(loss_fn, tx, lambda s: 0.1, ema_decay=0.9))
@@ -84,8 +84,8 @@ def test_nonfinite_update_is_skipped_and_counted():
 
 
 class _NanTask(ShapesClassifierTask):
-    def loss(self, params, batch, rng):
-        loss, metrics = super().loss(params, batch, rng)
+    def loss(self, params, batch, rng, step=None):
+        loss, metrics = super().loss(params, batch, rng, step)
         return loss * jnp.nan, metrics
 
 
@@ -140,3 +140,79 @@ def test_adafactor_on_an_fsdp_mesh(tiny_config, tmp_path):
     assert first["learning_rate"] == 0.0 and first["update_norm"] == 0.0
     assert second["update_norm"] > 0 and np.isfinite(second["loss"])
     assert any("fsdp" in str(x.sharding.spec) for x in jax.tree.leaves(result.state.opt_state))
+
+
+class _CountingTask(ShapesClassifierTask):
+    """Carries a step counter and the sum of the losses in its model state, and pins
+    one param to the counter: what a VQ codebook's non-gradient updates look like."""
+
+    def init_model_state(self, params):
+        return {"count": jnp.zeros((), jnp.int32), "loss_sum": jnp.zeros((), jnp.float32)}
+
+    def loss(self, params, batch, rng, step=None):
+        loss, metrics = super().loss(params, batch, rng, step)
+        return loss, dict(metrics, state_inputs={"loss": loss, "step": step})
+
+    def update_model_state(self, params, model_state, inputs, rng, step):
+        count = model_state["count"] + 1
+        params = jax.tree.map(lambda x: x, params)
+        params["params"]["Conv_0"]["Conv_0"]["bias"] = (
+            params["params"]["Conv_0"]["Conv_0"]["bias"].at[0].set(count.astype(jnp.float32))
+        )
+        new_state = {"count": count, "loss_sum": model_state["loss_sum"] + inputs["loss"]}
+        return params, new_state, {"seen_step": inputs["step"].astype(jnp.float32)}
+
+
+def test_model_state_survives_a_resume(tiny_config, tmp_path, monkeypatch):
+    monkeypatch.setattr(tasks, "_registry", lambda: {"shapes_classifier": _CountingTask})
+    tiny_config.train.num_steps = 4
+    tiny_config.train.log_every = 1
+    first = train(tiny_config, str(tmp_path / "a"), interrupt_at_step=2, progress=False)
+    assert first.stopped_by == "SIGTERM" and int(first.state.model_state["count"]) == 2
+    resumed = train(tiny_config, str(tmp_path / "a"), progress=False)
+    whole = train(tiny_config, str(tmp_path / "b"), progress=False)
+    assert int(resumed.state.model_state["count"]) == 4
+    np.testing.assert_allclose(resumed.state.model_state["loss_sum"], whole.state.model_state["loss_sum"], rtol=1e-6)
+    # The hook saw the step counter and its param edit stuck (EMA follows it).
+    assert [row["seen_step"] for row in whole.history] == [0.0, 1.0, 2.0, 3.0]
+    assert float(whole.state.params["params"]["Conv_0"]["Conv_0"]["bias"][0]) == 4.0
+
+
+def test_nonfinite_step_leaves_model_state_alone():
+    params = {"w": jnp.ones((3,))}
+    tx = optax.sgd(0.1)
+
+    def loss_fn(p, batch, rng, step):
+        return jnp.sum(p["w"] * batch["x"]), {"state_inputs": batch["x"]}
+
+    def update(params, model_state, inputs, rng, step):
+        return params, {"total": model_state["total"] + jnp.sum(inputs)}, {}
+
+    step = jax.jit(make_train_step(loss_fn, tx, lambda s: 0.1, 0.9, update))
+    state = create_state(params, tx, {"total": jnp.zeros(())})
+    state, _ = step(state, {"x": jnp.array([1.0, 2.0, 3.0])}, jax.random.key(0))
+    state, metrics = step(state, {"x": jnp.array([1.0, jnp.nan, 3.0])}, jax.random.key(0))
+    assert int(metrics["skipped"]) == 1
+    assert float(state.model_state["total"]) == 6.0
+
+
+def test_optimizer_groups_train_parts_with_their_own_settings():
+    from t2i.errors import UsageError
+    from t2i.train.optim import default_optimizer_config, make_optimizer
+
+    opt = default_optimizer_config()
+    opt.warmup_steps = 0
+    opt.weight_decay = 0.0
+    opt.groups = {"discriminator": {"learning_rate": 0.0}}
+    tx, _ = make_optimizer(opt, 10)
+    params = {"generator": {"w": jnp.ones(2)}, "discriminator": {"w": jnp.ones(2)}}
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    assert float(jnp.abs(updates["generator"]["w"]).min()) > 0
+    np.testing.assert_array_equal(updates["discriminator"]["w"], 0.0)
+    opt.groups = {"critic": {"learning_rate": 0.0}}
+    with pytest.raises(UsageError, match=r"optimizer.groups \['critic'\] must be top-level parts of the params"):
+        make_optimizer(opt, 10)[0].init(params)
+    opt.groups = {"discriminator": {"learning_rat": 0.0}}
+    with pytest.raises(UsageError, match="optimizer.groups.discriminator.learning_rat is not an optimizer setting"):
+        make_optimizer(opt, 10)

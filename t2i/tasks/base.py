@@ -21,8 +21,12 @@ class Task:
     """A family's contract with `t2i.train.trainer.train`.
 
     Required: `init(rng) -> params` (logically partitioned boxes, as `Module.init`
-    returns them) and `loss(params, batch, rng) -> (loss, metrics)`, both pure and
-    traced under jit. Optional: `eval_step(params, batch) -> {name: (num, den)}` summed
+    returns them) and `loss(params, batch, rng, step) -> (loss, metrics)`, both pure
+    and traced under jit (`step`, the state's step counter, is for schedules inside
+    the loss such as a discriminator warm-up). Optional: `init_model_state(params)`
+    and `update_model_state(params, model_state, inputs, rng, step) -> (params,
+    model_state, metrics)`, state carried between steps outside the optimizer (see
+    `t2i.train.state.make_train_step`); `eval_step(params, batch) -> {name: (num, den)}` summed
     over a split; `visualize(params, batch, rng, host_batch) -> (uint8 images, texts)`
     drawn as a grid during training; `transform(example) -> example`, a host-side
     per-example map in the input pipeline (tokenisation, say), and
@@ -39,8 +43,13 @@ class Task:
     def init(self, rng: jax.Array) -> Any:
         raise NotImplementedError
 
-    def loss(self, params: Any, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
+    def loss(self, params: Any, batch: dict, rng: jax.Array, step: jax.Array | None = None) -> tuple[jax.Array, dict]:
         raise NotImplementedError
+
+    def init_model_state(self, params: Any) -> Any:
+        return {}
+
+    update_model_state: Callable | None = None
 
     @property
     def has_eval(self) -> bool:

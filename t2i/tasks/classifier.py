@@ -77,7 +77,7 @@ class ShapesClassifierTask(Task):
         targets = grid_targets(batch["cx"], batch["cy"], valid, grid)
         return valid, targets
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, step=None):
         del rng  # deterministic model, no augmentation
         out = self.model.apply(params, batch[self.image_key])
         grid = out["objectness"].shape[-1]

@@ -167,7 +167,7 @@ class ImagenTask(Task):
         noised = gaussian.diffuse(low, jax.random.normal(noise_rng, low.shape), aug_logsnr)
         return noised, aug_logsnr
 
-    def loss(self, params, batch, rng):
+    def loss(self, params, batch, rng, step=None):
         noise_rng, time_rng, drop_rng, aug_rng = jax.random.split(rng, 4)
         x0 = to_model_range(batch[f"image_{self.resolution}"])
         text, mask = self._text(batch)

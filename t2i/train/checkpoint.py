@@ -16,6 +16,8 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 
+from t2i.train.state import state_to_tree, tree_to_state
+
 
 class Checkpointer:
     def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
@@ -43,7 +45,7 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(self, step: int, state: Any, data_iterator: Any | None, config_json: dict, force: bool = False) -> bool:
-        items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_json))
+        items = dict(state=ocp.args.StandardSave(state_to_tree(state)), config=ocp.args.JsonSave(config_json))
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         return self._manager.save(step, args=ocp.args.Composite(**items), force=force)
@@ -51,11 +53,11 @@ class Checkpointer:
     def restore(self, step: int | None, abstract_state: Any, data_iterator: Any | None = None) -> Any:
         """Restores `state` (laid out as `abstract_state`) and, in place, the iterator."""
         step = self.latest_step() if step is None else step
-        items = dict(state=ocp.args.StandardRestore(abstract_state))
+        items = dict(state=ocp.args.StandardRestore(state_to_tree(abstract_state)))
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"]
+        return tree_to_state(restored["state"])
 
     def restore_config(self, step: int | None = None) -> dict:
         step = self.latest_step() if step is None else step

@@ -1,4 +1,11 @@
-"""Optimizers from config: AdamW or Adafactor, warmup + cosine, global-norm clipping."""
+"""Optimizers from config: AdamW or Adafactor, warmup + cosine, global-norm clipping.
+
+`optimizer.groups` (optional) gives parts of the params their own optimizer: each
+entry names a top-level key of the task's params and overrides any of the optimizer's
+fields for it (a GAN's discriminator with its own learning rate and betas). The parts
+share one optimizer state (`optax.multi_transform`) and each clips its own gradient
+norm; params in no group use the top-level settings.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +47,38 @@ def _decoupled_weight_decay(schedule: optax.Schedule, rate: float) -> optax.Grad
 def make_optimizer(
     opt: ml_collections.ConfigDict, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """Returns `(tx, schedule)`. Clipping comes first so the update sees clipped grads."""
+    """Returns `(tx, schedule)` (the schedule of the params in no group)."""
+    groups = dict(opt.get("groups") or {})
+    tx, schedule = _one_optimizer(opt, total_steps)
+    if not groups:
+        return tx, schedule
+    transforms = {DEFAULT_GROUP: tx}
+    for name, overrides in groups.items():
+        group_opt = ml_collections.ConfigDict({k: v for k, v in opt.items() if k != "groups"})
+        for key, value in dict(overrides).items():
+            if key not in group_opt:
+                raise UsageError(f"optimizer.groups.{name}.{key} is not an optimizer setting")
+            group_opt[key] = value
+        transforms[name] = _one_optimizer(group_opt, total_steps)[0]
+
+    def labels(params):
+        if not isinstance(params, dict) or not set(groups) <= set(params):
+            present = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise UsageError(f"optimizer.groups {sorted(groups)} must be top-level parts of the params {present}")
+        return {
+            key: jax.tree.map(lambda _: key if key in groups else DEFAULT_GROUP, value) for key, value in params.items()
+        }
+
+    return optax.multi_transform(transforms, labels), schedule
+
+
+DEFAULT_GROUP = "default"
+
+
+def _one_optimizer(
+    opt: ml_collections.ConfigDict, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """Clipping comes first so the update sees clipped grads."""
     schedule = learning_rate_schedule(opt, total_steps)
     if opt.name == "adamw":
         core = optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay)

@@ -128,15 +128,20 @@ def evaluate(task, params, config: ml_collections.ConfigDict, mesh, eval_fn=None
     return {name: num / max(den, 1.0) for name, (num, den) in totals.items()}
 
 
+def _create_state(task, tx, rng) -> TrainState:
+    params = task.init(rng)
+    return create_state(params, tx, task.init_model_state(params))
+
+
 def abstract_train_state(task, tx, mesh, rng):
     """(abstract state, shardings) without allocating anything (CONVENTIONS 7)."""
-    abstract_boxed = jax.eval_shape(lambda key: create_state(task.init(key), tx), rng)
+    abstract_boxed = jax.eval_shape(lambda key: _create_state(task, tx, key), rng)
     return strip_boxes(abstract_boxed), tree_shardings(abstract_boxed, mesh)
 
 
 def init_train_state(task, tx, shardings, rng) -> TrainState:
     """Initialises the state directly into its shards: no unsharded copy ever exists."""
-    return jax.jit(lambda key: strip_boxes(create_state(task.init(key), tx)), out_shardings=shardings)(rng)
+    return jax.jit(lambda key: strip_boxes(_create_state(task, tx, key)), out_shardings=shardings)(rng)
 
 
 def warm_start(state: TrainState, source: str, step: int | None = None) -> TrainState:
@@ -240,7 +245,7 @@ def train(
         num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
         log.info("%s: %.2fM parameters on mesh %s", config.task, num_params / 1e6, dict(mesh.shape))
 
-        step_fn = make_train_step(task.loss, tx, schedule, train_cfg.ema_decay)
+        step_fn = make_train_step(task.loss, tx, schedule, train_cfg.ema_decay, task.update_model_state)
         jitted_step = None
         eval_fn = jax.jit(task.eval_step) if task.has_eval else None
         params_for_eval = (lambda s: s.ema_params) if train_cfg.eval_ema else (lambda s: s.params)
