@@ -121,8 +121,11 @@ def export_stage(workdir: str, out_path: str, step: int | None = None) -> str:
     f32 lies far inside its range."""
     if not out_path.endswith(".npz"):
         raise UsageError(f"the export file must end in .npz, got {out_path}")
+    from t2i.tasks import get_task
+
     params, config_dict, step = _restore_workdir(workdir, step)
-    return write_export(params, config_dict, step, out_path)
+    task = get_task(ml_collections.ConfigDict(config_dict))
+    return write_export(task.inference_params(params), config_dict, step, out_path)
 
 
 def write_export(params, config_dict: dict, step: int, out_path: str) -> str:
@@ -158,7 +161,8 @@ def _load_export(path: str) -> Stage:
         step = int(data[_STEP_KEY])
         flat = {key: data[key] for key in data.files if key not in (_CONFIG_KEY, _STEP_KEY)}
     task = get_task(config)
-    expected = traverse_util.flatten_dict(strip_boxes(jax.eval_shape(task.init, jax.random.key(0))), sep="/")
+    abstract = task.inference_params(strip_boxes(jax.eval_shape(task.init, jax.random.key(0))))
+    expected = traverse_util.flatten_dict(abstract, sep="/")
     if set(expected) != set(flat):
         missing = sorted(set(expected) - set(flat))[:3]
         raise UsageError(f"{path} does not match its config's model (missing e.g. {missing})")

@@ -1,4 +1,4 @@
-"""`t2i train | sample | export | eval | data`: one argparse CLI for every family.
+"""`t2i train | sample | export | reconstruct | tokenize | eval | data`: one argparse CLI for every family.
 
 Every user mistake (a missing data set, an unknown config key, an empty prompts file,
 an unwritable folder) ends as one line `t2i: error: ...` and exit code 2, before any
@@ -119,6 +119,48 @@ def _cmd_export(args, overrides) -> int:
     ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)))
     path = export_stage(args.workdir, args.out, args.step)
     print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
+    return 0
+
+
+# ------------------------------------------------------------------ image tokenizer
+def _cmd_reconstruct(args, overrides) -> int:
+    from t2i.image_tokens import load_tokenizer, reconstruct_split
+
+    if args.num < 1:
+        raise UsageError(f"--num must be at least 1, got {args.num}")
+    ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)))
+    stage = load_tokenizer(args.checkpoint)
+    metrics = reconstruct_split(
+        stage,
+        args.split,
+        args.num,
+        args.out,
+        data_dir=args.data_dir,
+        builder_config=args.builder_config,
+        batch_size=args.batch_size,
+    )
+    print(json.dumps(metrics, sort_keys=True))
+    print(f"wrote {metrics['num_images']} reconstructions, manifest.jsonl and grid.png to {args.out}")
+    return 0
+
+
+def _cmd_tokenize(args, overrides) -> int:
+    from t2i.image_tokens import load_tokenizer, tokenize_splits
+
+    splits = [s.strip() for s in args.splits.split(",") if s.strip()]
+    if not splits:
+        raise UsageError("--splits names no split")
+    stage = load_tokenizer(args.checkpoint)
+    out = tokenize_splits(
+        stage,
+        splits,
+        args.name,
+        data_dir=args.data_dir,
+        builder_config=args.builder_config,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote token grids of {', '.join(splits)} to {out}")
     return 0
 
 
@@ -269,6 +311,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the .npz file to write")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     p.set_defaults(handler=_cmd_export)
+
+    tokenizer_help = "the tokenizer's training workdir or exported .npz (default: the committed Shapes reference)"
+    p = commands.add_parser(
+        "reconstruct",
+        help="round-trip a split's images through the image tokenizer",
+        description="Encodes, quantizes and decodes the first --num images of a Shapes split; writes the "
+        "reconstructions as PNGs with manifest.jsonl (for t2i eval shapes), grid.png (original | "
+        "reconstruction) and metrics.json (PSNR, codebook usage and perplexity).",
+    )
+    p.add_argument("--checkpoint", help=tokenizer_help)
+    p.add_argument("--split", default="test", help="train | validation | test | heldout")
+    p.add_argument("--num", type=int, default=100, help="how many images, from the split's first")
+    p.add_argument("--out", required=True, help="output folder (must not exist or be empty)")
+    p.add_argument("--data_dir", help="where the Shapes build is (default: the tokenizer's config)")
+    p.add_argument("--builder_config", help="which Shapes build (default: the tokenizer's config)")
+    p.add_argument("--batch_size", type=int, default=64)
+    p.set_defaults(handler=_cmd_reconstruct)
+
+    p = commands.add_parser(
+        "tokenize",
+        help="store a data set's images as token grids beside it (for Parti)",
+        description="Writes <build>/image_tokens/<name>/<split>.array_record: per example the token grid, "
+        "the caption and the structured scene, in the split's order, plus info.json.",
+    )
+    p.add_argument("--checkpoint", help=tokenizer_help)
+    p.add_argument("--splits", default="train,validation,test,heldout", help="comma-separated splits")
+    p.add_argument("--name", default="vit_vqgan", help="folder name under <build>/image_tokens/")
+    p.add_argument("--data_dir", help="where the Shapes build is (default: the tokenizer's config)")
+    p.add_argument("--builder_config", help="which Shapes build (default: the tokenizer's config)")
+    p.add_argument("--batch_size", type=int, default=256)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing token folder")
+    p.set_defaults(handler=_cmd_tokenize)
 
     p = commands.add_parser("eval", help="score images against their prompts")
     evals = p.add_subparsers(dest="eval_kind", required=True)

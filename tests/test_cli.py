@@ -15,7 +15,17 @@ CONFIG = os.path.join(REPO, "configs/shapes_classifier.py:tiny")
 
 @pytest.mark.parametrize(
     "command",
-    [[], ["train"], ["sample"], ["eval", "shapes"], ["data", "build"], ["data", "preview"], ["data", "tokenizer"]],
+    [
+        [],
+        ["train"],
+        ["sample"],
+        ["reconstruct"],
+        ["tokenize"],
+        ["eval", "shapes"],
+        ["data", "build"],
+        ["data", "preview"],
+        ["data", "tokenizer"],
+    ],
 )
 def test_help(command, capsys):
     with pytest.raises(SystemExit) as info:

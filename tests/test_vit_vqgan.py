@@ -55,7 +55,7 @@ def test_encoder_and_decoder_sizes_are_independent():
     model = tiny(decoder="shapes")
     params = strip_boxes(jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 16, 16, 3))))["params"]
     assert params["encoder_head"]["Dense_1"]["Dense_0"]["kernel"].shape == (64, 32)
-    assert params["quantizer"]["up"]["Dense_0"]["kernel"].shape == (4, 256)
+    assert params["quantizer"]["up"]["Dense_0"]["kernel"].shape == (4, 192)
     assert len([k for k in params["decoder_stack"] if k.startswith("block_")]) == 4
 
 

@@ -119,7 +119,9 @@ class CodebookState:
     `recent_counts[i]` holds the code counts of step `i mod window`; `cluster_size` is
     the EMA of each code's count per step; `ema_codes` is, per code, the EMA of the mean
     unit encoding assigned to it, over the steps that assign it any (used in EMA mode,
-    kept in both so the mode is a config switch). Averaging only over those steps,
+    kept in both so the mode is a config switch); `restarted_at` is the step each code
+    was last restarted (a restarted code gets a full window before it can be declared
+    dead again, without faking counts that would inflate the usage). Averaging only over those steps,
     rather than decaying a running sum every step as VQ-VAE-2 does, keeps an idle
     code's vector from underflowing to zero in float32 over a long run.
     """
@@ -128,6 +130,7 @@ class CodebookState:
     cluster_size: jax.Array  # [num_codes] f32
     ema_codes: jax.Array  # [num_codes, code_dim] f32
     step: jax.Array  # [] int32
+    restarted_at: jax.Array  # [num_codes] int32
 
 
 def init_codebook_state(codebook: jax.Array, window: int) -> CodebookState:
@@ -138,6 +141,7 @@ def init_codebook_state(codebook: jax.Array, window: int) -> CodebookState:
         cluster_size=jnp.ones((num_codes,), jnp.float32),
         ema_codes=l2_normalize(codebook),
         step=jnp.zeros((), jnp.int32),
+        restarted_at=jnp.zeros((num_codes,), jnp.int32),
     )
 
 
@@ -157,7 +161,7 @@ def update_codebook_state(
     assigned = counts > 0
     means = sums / jnp.maximum(counts, 1)[:, None].astype(jnp.float32)
     window = state.recent_counts.shape[0]
-    return CodebookState(
+    return state.replace(
         recent_counts=state.recent_counts.at[state.step % window].set(counts),
         cluster_size=decay * state.cluster_size + (1.0 - decay) * counts.astype(jnp.float32),
         ema_codes=jnp.where(assigned[:, None], decay * state.ema_codes + (1.0 - decay) * means, state.ema_codes),
@@ -186,10 +190,11 @@ def window_perplexity(state: CodebookState) -> jax.Array:
 
 
 def dead_codes(state: CodebookState) -> jax.Array:
-    """Codes unused over a full window: [num_codes] bool (none before the window fills)."""
+    """Codes unused over a full window: [num_codes] bool (none before the window fills,
+    nor within a window of their last restart)."""
     window = state.recent_counts.shape[0]
     unused = jnp.sum(state.recent_counts, axis=0) == 0
-    return unused & (state.step >= window)
+    return unused & (state.step - state.restarted_at >= window)
 
 
 def restart_dead_codes(
@@ -199,7 +204,7 @@ def restart_dead_codes(
 
     Call it after `update_codebook_state` for the same step.
     Returns the new codebook (same dtype as given), the state with the restarted codes'
-    EMA statistics reset to that encoding and their window counts set to 1 (so they get
+    EMA statistics reset to that encoding and their restart step recorded (so they get
     a full window to be chosen before they can be restarted again), and the number of
     codes restarted. The shapes are static, so it runs inside the jitted step.
     """
@@ -208,10 +213,9 @@ def restart_dead_codes(
     picks = jax.random.randint(rng, (dead.shape[0],), 0, flat.shape[0])
     replacement = flat[picks]
     new_codebook = jnp.where(dead[:, None], replacement.astype(codebook.dtype), codebook)
-    newest_row = (state.step - 1) % state.recent_counts.shape[0]
     new_state = state.replace(
         cluster_size=jnp.where(dead, 1.0, state.cluster_size),
         ema_codes=jnp.where(dead[:, None], replacement, state.ema_codes),
-        recent_counts=state.recent_counts.at[newest_row].set(jnp.where(dead, 1, state.recent_counts[newest_row])),
+        restarted_at=jnp.where(dead, state.step, state.restarted_at),
     )
     return new_codebook, new_state, jnp.sum(dead.astype(jnp.int32))

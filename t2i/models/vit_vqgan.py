@@ -38,7 +38,7 @@ class ViTSize(NamedTuple):
 
 VARIANTS: dict[str, ViTSize] = {
     "tiny": ViTSize(blocks=1, heads=2, width=32, mlp_dim=64),  # tests
-    "shapes": ViTSize(blocks=4, heads=4, width=256, mlp_dim=1024),  # Shapes on a CPU
+    "shapes": ViTSize(blocks=4, heads=4, width=192, mlp_dim=768),  # Shapes on a CPU (2.1M per stack)
     "small": ViTSize(blocks=8, heads=8, width=512, mlp_dim=2048),  # the paper's Small
     "base": ViTSize(blocks=12, heads=12, width=768, mlp_dim=3072),  # Base
     "large": ViTSize(blocks=32, heads=16, width=1280, mlp_dim=5120),  # Large

@@ -70,8 +70,14 @@ def tree_shardings(abstract_boxed: Any, mesh: Mesh, rules=LOGICAL_AXIS_RULES) ->
     """NamedShardings for an (abstract) tree that may hold LogicallyPartitioned leaves."""
     logical_specs = nn.get_partition_spec(abstract_boxed)
     unboxed = strip_boxes(abstract_boxed)
+
+    def sharding(spec, leaf):
+        if not hasattr(leaf, "shape"):  # a leafless node, e.g. optax.MaskedNode of multi_transform
+            return leaf
+        return NamedSharding(mesh, mesh_spec(spec, leaf.shape, mesh, rules))
+
     return jax.tree.map(
-        lambda spec, leaf: NamedSharding(mesh, mesh_spec(spec, leaf.shape, mesh, rules)),
+        sharding,
         logical_specs,
         unboxed,
         is_leaf=lambda x: isinstance(x, PartitionSpec),

@@ -11,8 +11,9 @@ def _registry():
     # Imported lazily so `t2i data ...` does not pay for model imports.
     from t2i.tasks.classifier import ShapesClassifierTask
     from t2i.tasks.imagen import ImagenTask
+    from t2i.tasks.vqgan import VQGANTask
 
-    return {"shapes_classifier": ShapesClassifierTask, "imagen": ImagenTask}
+    return {"shapes_classifier": ShapesClassifierTask, "imagen": ImagenTask, "vit_vqgan": VQGANTask}
 
 
 def get_task(config: ml_collections.ConfigDict):

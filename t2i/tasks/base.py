@@ -23,7 +23,8 @@ class Task:
     Required: `init(rng) -> params` (logically partitioned boxes, as `Module.init`
     returns them) and `loss(params, batch, rng, step) -> (loss, metrics)`, both pure
     and traced under jit (`step`, the state's step counter, is for schedules inside
-    the loss such as a discriminator warm-up). Optional: `init_model_state(params)`
+    the loss such as a learning-rate-like weight). Optional: `phase(step)`, static
+    variants of the loss (a discriminator switched on after a warm-up), `init_model_state(params)`
     and `update_model_state(params, model_state, inputs, rng, step) -> (params,
     model_state, metrics)`, state carried between steps outside the optimizer (see
     `t2i.train.state.make_train_step`); `eval_step(params, batch) -> {name: (num, den)}` summed
@@ -48,6 +49,17 @@ class Task:
 
     def init_model_state(self, params: Any) -> Any:
         return {}
+
+    def inference_params(self, params: Any) -> Any:
+        """The part of the params that sampling needs and `t2i export` keeps (a GAN
+        drops its discriminator); all of them by default."""
+        return params
+
+    def phase(self, step: int) -> Any:
+        """A hashable that picks the graph of step `step` (host int), handed to `loss` as
+        `phase=`; the trainer compiles one step per distinct phase. None (the default):
+        one graph, and `loss` gets no `phase` argument."""
+        return None
 
     update_model_state: Callable | None = None
 

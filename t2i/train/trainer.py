@@ -14,6 +14,7 @@ Run layout under `workdir`:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -245,8 +246,21 @@ def train(
         num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state.params))
         log.info("%s: %.2fM parameters on mesh %s", config.task, num_params / 1e6, dict(mesh.shape))
 
-        step_fn = make_train_step(task.loss, tx, schedule, train_cfg.ema_decay, task.update_model_state)
-        jitted_step = None
+        # One compiled step per phase of the task (`Task.phase`): a GAN's warm-up without
+        # its discriminator, its lazy-R1 steps. Static phases rather than `lax.cond`,
+        # whose branches XLA's CPU backend runs an order of magnitude slower.
+        compiled_steps: dict = {}
+
+        def step_for(step: int):
+            phase = task.phase(step)
+            if phase not in compiled_steps:
+                loss_fn = task.loss if phase is None else functools.partial(task.loss, phase=phase)
+                step_fn = make_train_step(loss_fn, tx, schedule, train_cfg.ema_decay, task.update_model_state)
+                compiled_steps[phase] = compile_train_step(step_fn, shardings, mesh, state, batch, train_rng)
+                label = "" if phase is None else f" (phase {phase})"
+                tqdm.write(f"compiled train step{label}: {describe_compiled(compiled_steps[phase])}")
+            return compiled_steps[phase]
+
         eval_fn = jax.jit(task.eval_step) if task.has_eval else None
         params_for_eval = (lambda s: s.ema_params) if train_cfg.eval_ema else (lambda s: s.params)
 
@@ -277,10 +291,7 @@ def train(
         try:
             while step < total_steps:
                 batch = global_batch(next(iterator), mesh)
-                if jitted_step is None:
-                    jitted_step = compile_train_step(step_fn, shardings, mesh, state, batch, train_rng)
-                    tqdm.write(f"compiled train step: {describe_compiled(jitted_step)}")
-                state, metrics = jitted_step(state, batch, train_rng)
+                state, metrics = step_for(step)(state, batch, train_rng)
                 step += 1
                 pending.append(metrics)
                 if interrupt_at_step is not None and step >= interrupt_at_step and stop.signal_name is None:

@@ -1,0 +1,144 @@
+"""ViT-VQGAN image tokenizer (Yu et al. 2022), Parti's image tokenizer.
+
+Shapes on a CPU (the default; docs/tokenizer.md has the measured run):
+  t2i data build shapes --builder_config small
+  t2i train --config configs/vit_vqgan.py --workdir runs/vit_vqgan
+
+64x64 images in 8x8 patches: an 8x8 grid of tokens, 1,024 codes of dimension 32.
+
+Paper scale (256x256, patch 8, a 32x32 grid, 8,192 codes of dimension 32):
+  t2i train --config configs/vit_vqgan.py:size=small --workdir gs://.../vit_vqgan_small
+
+Arguments (comma separated): `size=shapes|small|base|large|small-large` (encoder and
+decoder sizes from `t2i.models.vit_vqgan.VARIANTS`; `small-large` is Parti's pairing,
+a Small encoder with a Large decoder); `tiny` shrinks everything for tests; `data=` picks
+another Shapes build. The paper-scale configs fix the architecture (parameter counts
+are tested) and the training recipe; an image-text pipeline at that scale is not part
+of t2i yet.
+"""
+
+import ml_collections
+
+from t2i.config import parse_arg
+from t2i.train.defaults import default_train_config
+from t2i.train.optim import default_optimizer_config
+
+# Encoder and decoder sizes per `size=` argument.
+SIZES = {
+    "shapes": ("shapes", "shapes"),
+    "small": ("small", "small"),
+    "base": ("base", "base"),
+    "large": ("large", "large"),
+    "small-large": ("small", "large"),
+}
+
+
+def get_config(arg=None):
+    args = parse_arg(arg)
+    size = args.get("size", "shapes")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; sizes are {sorted(SIZES)}")
+    paper = size != "shapes"
+    encoder, decoder = SIZES[size]
+
+    config = ml_collections.ConfigDict()
+    config.task = "vit_vqgan"
+    config.seed = 0
+    config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    config.data = ml_collections.ConfigDict(
+        dict(
+            builder_config=args.get("data", "small"),
+            data_dir="data/tfds",
+            split="train",
+            batch_size=32,
+            seed=0,
+            num_threads=2,
+            prefetch=4,
+            tokenizer="",
+            text_embeddings="",
+            max_text_length=24,
+        )
+    )
+    config.model = ml_collections.ConfigDict(
+        dict(
+            image_size=256 if paper else 64,
+            patch_size=8,
+            encoder=encoder,
+            decoder=decoder,
+            num_codes=8192 if paper else 1024,
+            code_dim=32,
+            beta=0.25,  # commitment loss weight
+            codebook_learning="gradient",  # or "ema"
+            # StyleGAN2-style residual blocks, each halving the resolution.
+            discriminator_channels=(128, 256, 512, 512, 512, 512) if paper else (16, 32, 64, 128),
+            dtype="bfloat16" if paper else "float32",
+            param_dtype="float32",
+        )
+    )
+    # The paper's weights (section 3.1/4.1): l2 1.0, logit-Laplace 0 (in its best
+    # setting), perceptual 0.1, adversarial 0.1. On Shapes there is no pretrained VGG to
+    # measure perception with, so the perceptual weight is 0 there.
+    config.loss = ml_collections.ConfigDict(
+        dict(
+            l2_weight=1.0,
+            logit_laplace_weight=0.0,
+            perceptual_weight=0.1 if paper else 0.0,
+            perceptual_network="",  # a converted VGG16/LPIPS .npz (t2i.models.perceptual)
+            adversarial_weight=0.1,
+            adversarial_start=50_000 if paper else 2_000,  # warm-up: reconstruction first
+            r1_gamma=10.0 if paper else 1.0,
+            r1_every=16,  # lazy R1: every 16 steps, weighted by 16
+        )
+    )
+    config.codebook = ml_collections.ConfigDict(
+        dict(
+            window=100,  # steps over which usage and perplexity are measured
+            ema_decay=0.99,  # of the EMA statistics (and of the codebook in "ema" mode)
+            restart_dead=True,  # codes unused over a full window restart on encodings
+        )
+    )
+    # Adam with beta2 0.99, linear warm-up then cosine decay (the paper: lr 1e-4, batch
+    # 256, 500k steps, warm-up 5k). The discriminator is its own optimizer group.
+    config.optimizer = default_optimizer_config()
+    config.optimizer.learning_rate = 1e-4 if paper else 4e-4
+    config.optimizer.warmup_steps = 5_000 if paper else 200
+    config.optimizer.end_lr_fraction = 0.1
+    config.optimizer.b2 = 0.99
+    config.optimizer.groups = ml_collections.ConfigDict({"discriminator": dict(weight_decay=0.0)})
+
+    config.train = default_train_config()
+    config.train.num_steps = 500_000 if paper else 3_000
+    config.train.log_every = 50
+    config.train.checkpoint_every = 500
+    config.train.eval_every = 1_000
+    config.train.eval_split = "test"
+    config.train.eval_examples = 500
+    config.train.ema_decay = 0.999
+    config.train.sample_every = 1_000
+    config.train.num_samples = 8
+    config.train.sample_scale = 2
+    if paper:
+        config.data.batch_size = 256
+        config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+    if args.get("tiny"):
+        config.data.builder_config = args.get("data", "tiny")
+        config.data.batch_size = 8
+        config.data.num_threads = 0
+        config.model.image_size = 32
+        config.model.encoder = config.model.decoder = "tiny"
+        config.model.num_codes = 16
+        config.model.code_dim = 8
+        config.model.discriminator_channels = (8, 16)
+        config.loss.adversarial_start = 2
+        config.loss.r1_every = 2
+        config.codebook.window = 2
+        config.train.num_steps = 6
+        config.train.log_every = 1
+        config.train.checkpoint_every = 3
+        config.train.eval_every = 0
+        config.train.eval_examples = 16
+        config.train.sample_every = 0
+        config.train.num_samples = 4
+        config.optimizer.warmup_steps = 2
+    return config
