@@ -1,4 +1,4 @@
-"""`t2i train | sample | export | reconstruct | tokenize | eval | data`: one argparse CLI for every family.
+"""`t2i train | sample | export | reconstruct | tokenize | convert | eval | data`: one argparse CLI for every family.
 
 Every user mistake (a missing data set, an unknown config key, an empty prompts file,
 an unwritable folder) ends as one line `t2i: error: ...` and exit code 2, before any
@@ -161,6 +161,15 @@ def _cmd_tokenize(args, overrides) -> int:
         overwrite=args.overwrite,
     )
     print(f"wrote token grids of {', '.join(splits)} to {out}")
+    return 0
+
+
+def _cmd_convert(args, overrides) -> int:
+    from t2i.models.perceptual import convert_files
+
+    ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)))
+    path = convert_files(args.weights, args.out, args.lpips)
+    print(f"wrote {path}; train with --config.loss.perceptual_network={path}")
     return 0
 
 
@@ -343,6 +352,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch_size", type=int, default=256)
     p.add_argument("--overwrite", action="store_true", help="replace an existing token folder")
     p.set_defaults(handler=_cmd_tokenize)
+
+    p = commands.add_parser(
+        "convert",
+        help="convert user-supplied VGG16 (+ LPIPS) weights for the tokenizer's perceptual loss",
+        description="Reads torchvision's VGG16 state dict (and optionally LPIPS's lin heads) from "
+        ".safetensors or .npz and writes the .npz that loss.perceptual_network names.",
+    )
+    p.add_argument("network", choices=["vgg16"])
+    p.add_argument("--weights", required=True, help="VGG16 state dict (.safetensors or .npz)")
+    p.add_argument("--lpips", help="LPIPS lin heads (lin<k>.model.1.weight), if not in --weights")
+    p.add_argument("--out", required=True, help="the .npz to write")
+    p.set_defaults(handler=_cmd_convert)
 
     p = commands.add_parser("eval", help="score images against their prompts")
     evals = p.add_subparsers(dest="eval_kind", required=True)
