@@ -85,7 +85,7 @@ def get_config(arg=None):
             perceptual_weight=0.1 if paper else 0.0,
             perceptual_network="",  # a converted VGG16/LPIPS .npz (t2i.models.perceptual)
             adversarial_weight=0.1,
-            adversarial_start=50_000 if paper else 2_000,  # warm-up: reconstruction first
+            adversarial_start=50_000 if paper else 3_000,  # warm-up: reconstruction first
             r1_gamma=10.0 if paper else 1.0,
             r1_every=16,  # lazy R1: every 16 steps, weighted by 16
         )
@@ -107,7 +107,7 @@ def get_config(arg=None):
     config.optimizer.groups = ml_collections.ConfigDict({"discriminator": dict(weight_decay=0.0)})
 
     config.train = default_train_config()
-    config.train.num_steps = 500_000 if paper else 3_000
+    config.train.num_steps = 500_000 if paper else 4_000
     config.train.log_every = 50
     config.train.checkpoint_every = 500
     config.train.eval_every = 1_000
