@@ -15,6 +15,7 @@ import pytest
 from conftest import REPO
 
 from t2i.config import load_config
+from t2i.errors import UsageError
 from t2i.models import quantizer as vq
 from t2i.models.gan import discriminator_loss, generator_loss, r1_penalty
 from t2i.models.vit_vqgan import ViTVQGAN
@@ -156,6 +157,16 @@ def test_train_export_reconstruct_and_tokenize(tmp_path, tiny_data_dir, capsys):
     assert int(result.state.model_state["codebook"]["step"]) == 6  # the codebook state went through every step
     assert {"d_loss", "codebook_usage", "psnr"} <= set(result.history[-1])
     assert result.history[0]["d_loss"] == 0.0 and result.history[-1]["d_loss"] > 0.0  # warm-up, then on
+
+    # Stage 2 (how the committed Shapes tokenizer was trained on): warm-started from the
+    # first run's last step, the discriminator carried along and never switched on.
+    stage2 = load_config(CONFIG + f":tiny,stage=2,from={workdir}", [f"data.data_dir={tiny_data_dir}"])
+    second = train(stage2, str(tmp_path / "stage2"), progress=False)
+    assert int(second.state.step) == 3 and all(m["d_loss"] == 0.0 for m in second.history)
+    first_params = jax.device_get(result.state.ema_params["discriminator"])  # warm starts load EMA params
+    jax.tree.map(np.testing.assert_array_equal, first_params, jax.device_get(second.state.params["discriminator"]))
+    with pytest.raises(UsageError, match="unknown stage .4.; stages are 1, 2 and 3"):
+        load_config(CONFIG + ":stage=4")
 
     export = str(tmp_path / "tok.npz")
     assert main(["export", "--workdir", workdir, "--out", export]) == 0
