@@ -156,8 +156,9 @@ def get_config(arg=None):
         config.train.num_samples = 4
         config.optimizer.warmup_steps = 2
     stage = args.get("stage", "1")
-    if stage not in ("1",) + tuple(LATER_STAGES):
-        raise ValueError(f"unknown stage {stage!r}; stages are 1, 2 and 3")
+    stages = ("1",) + tuple(LATER_STAGES)
+    if stage not in stages:
+        raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(stages)}")
     if stage in LATER_STAGES:
         # The committed Shapes tokenizer's later stages (module docstring): each starts
         # from the EMA weights of the stage before and trains reconstruction and codebook
