@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from t2i.models import conv
+
 Dtype = Any
 
 CONV_AXES = ("conv_height", "conv_width", "conv_in", "conv_out")
@@ -44,6 +46,8 @@ class Conv(nn.Module):
             param_dtype=self.param_dtype,
             kernel_init=named(self.kernel_init, CONV_AXES),
             bias_init=named(nn.initializers.zeros, ("conv_out",)),
+            # XLA's convolution, with a kernel gradient that is fast on XLA:CPU.
+            conv_general_dilated=conv.conv_general_dilated,
         )(x)
 
 
