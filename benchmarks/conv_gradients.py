@@ -4,7 +4,9 @@ input gradient and kernel gradient, against PyTorch's on the same shapes.
   python benchmarks/conv_gradients.py [--torch_python .venv-ref/bin/python]
 
 Shape: batch 16, 32x32, 64 -> 64 channels, fp32 (the first level of the throughput
-benchmark's U-Net). Medians of 10 timed calls after warm-up; the torch side runs in a
+benchmark's U-Net). The "t2i:" rows are t2i/models/conv.py (XLA's forward and input
+gradient, the kernel gradient as a banded patches^T @ dy product), against torch's
+"forward + kernel grad" and "forward + both grads". Medians of 10 timed calls after warm-up; the torch side runs in a
 subprocess with 2 threads. Results go in docs/benchmarks.md.
 """
 
@@ -52,17 +54,24 @@ def jax_side() -> dict:
     w = jax.numpy.asarray(np.random.randn(3, 3, IN, OUT) * 0.05, jax.numpy.float32)
     dy = jax.numpy.asarray(np.random.randn(BATCH, SIDE, SIDE, OUT), jax.numpy.float32)
 
+    from t2i.models import conv as t2i_conv
+
     def conv(x, w):
         return jax.lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-    def vjp(select):
-        return jax.jit(lambda x, w, dy: select(jax.vjp(conv, x, w)[1](dy)))
+    def banded(x, w):  # what t2i's layers train with: XLA's forward, banded kernel gradient
+        return t2i_conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def vjp(select, fn=conv):
+        return jax.jit(lambda x, w, dy: select(jax.vjp(fn, x, w)[1](dy)))
 
     functions = {
         "forward": (jax.jit(conv), (x, w)),
         "forward + input grad": (vjp(lambda g: g[0]), (x, w, dy)),
         "forward + kernel grad": (vjp(lambda g: g[1]), (x, w, dy)),
         "forward + both grads": (vjp(lambda g: g), (x, w, dy)),
+        "t2i: fwd + kernel grad": (vjp(lambda g: g[1], banded), (x, w, dy)),
+        "t2i: fwd + both grads": (vjp(lambda g: g, banded), (x, w, dy)),
     }
     results = {}
     for name, (fn, args) in functions.items():
@@ -90,7 +99,7 @@ def main() -> int:
         theirs = {}
     print(f"{'op (ms)':<24}{'XLA:CPU':>10}{'torch':>10}{'ratio':>8}")
     for name, ms in ours.items():
-        ref = theirs.get(name)
+        ref = theirs.get(name.replace("t2i: fwd", "forward"))
         ratio = f"{ms / ref:.2f}x" if ref else "-"
         print(f"{name:<24}{ms:>10.2f}{(ref or float('nan')):>10.2f}{ratio:>8}")
     print(json.dumps({"xla_cpu_ms": ours, "torch_ms": theirs}))

@@ -74,11 +74,18 @@ times = []
 for _ in range(int(sys.argv[1])):
     start = time.perf_counter(); step(); times.append(time.perf_counter() - start)
 params = sum(p.numel() for p in unet.parameters())
-print(json.dumps({"images_per_second": BATCH / statistics.median(times), "parameters": params, "device": device}))
+from torch.utils.flop_counter import FlopCounterMode
+with FlopCounterMode(display=False) as counter:  # one more step, counted, not timed
+    step()
+print(json.dumps({"images_per_second": BATCH / statistics.median(times), "parameters": params, "device": device,
+                  "gflop_per_step": counter.get_total_flops() / 1e9}))
 """
 
 
-def t2i_side(steps: int, batch: int, dtype: str) -> dict:
+def t2i_side(steps: int, batch: int, dtype: str, modes: list[str]) -> dict:
+    """Times one training step per kernel-gradient mode (t2i/models/conv.py: "auto" is
+    what t2i trains with, "xla" is XLA's own convolution gradient), steps interleaved so
+    that a noisy machine slows every mode alike. Returns {mode: result}."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -102,46 +109,61 @@ def t2i_side(steps: int, batch: int, dtype: str) -> dict:
     x0 = jax.random.normal(rng, (batch, SIZE, SIZE, 3))
     text = jax.random.normal(rng, (batch, TOKENS, WIDTH))
     mask = jnp.ones((batch, TOKENS), bool)
-    params = unet.init(rng, x0, jnp.zeros(batch), text, mask)
     tx = optax.adam(1e-4)
-    opt_state = tx.init(params)
     schedule = schedules.cosine()
 
-    def step(params, opt_state, rng):
-        def loss_fn(p):
-            noise_rng, time_rng = jax.random.split(rng)
-            logsnr = gaussian.sample_training_logsnr(time_rng, batch, schedule)
-            eps = jax.random.normal(noise_rng, x0.shape)
-            out = unet.apply(p, gaussian.diffuse(x0, eps, logsnr), logsnr, text, mask)
-            return gaussian.diffusion_loss(out, x0, eps, logsnr, "v")
+    def make_step():  # a fresh function per mode: JAX caches traces by function
+        def step(params, opt_state, rng):
+            def loss_fn(p):
+                noise_rng, time_rng = jax.random.split(rng)
+                logsnr = gaussian.sample_training_logsnr(time_rng, batch, schedule)
+                eps = jax.random.normal(noise_rng, x0.shape)
+                out = unet.apply(p, gaussian.diffuse(x0, eps, logsnr), logsnr, text, mask)
+                return gaussian.diffusion_loss(out, x0, eps, logsnr, "v")
 
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
+            loss, grads = jax.value_and_grad(loss_fn)(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state, loss
 
-    lowered = jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, rng)
-    compiled = lowered.compile()
-    for i in range(3):
-        params, opt_state, loss = compiled(params, opt_state, jax.random.fold_in(rng, i))
-    jax.block_until_ready(loss)
-    times = []
-    for i in range(steps):
-        start = time.perf_counter()
-        params, opt_state, loss = compiled(params, opt_state, jax.random.fold_in(rng, 100 + i))
-        jax.block_until_ready(loss)
-        times.append(time.perf_counter() - start)
-    # The FLOP count of the lowered (unoptimised) program; on XLA:CPU it equals the
-    # compiled count. XLA:GPU gives none here, and its compiled count leaves out the
-    # convolutions it hands to cuDNN, so GPU rows take their FLOPs from a CPU run.
-    cost = lowered.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return {
-        "device": jax.devices()[0].device_kind,
-        "median_step_seconds": statistics.median(times),
-        "images_per_second": batch / statistics.median(times),
-        "parameters": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
-        "gflop_per_step": float(cost.get("flops", 0.0)) / 1e9 if cost else None,
-    }
+        return step
+
+    runs = {}
+    for mode in modes:
+        # The mode is read when the step is traced (t2i/models/conv.py).
+        os.environ["T2I_CONV_KERNEL_GRAD"] = mode
+        params = unet.init(rng, x0, jnp.zeros(batch), text, mask)
+        opt_state = tx.init(params)
+        lowered = jax.jit(make_step(), donate_argnums=(0, 1)).lower(params, opt_state, rng)
+        # XLA's FLOP count of the lowered program; on XLA:CPU it equals the compiled
+        # count. It counts a scan's body once, so the "xla" mode's count is the model's.
+        # XLA:GPU gives none here, and its compiled count leaves out the convolutions
+        # it hands to cuDNN, so GPU rows take their FLOPs from a CPU run.
+        cost = lowered.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        runs[mode] = {"fn": lowered.compile(), "state": (params, opt_state), "times": [], "cost": cost}
+        os.environ.pop("T2I_CONV_KERNEL_GRAD")
+    for i in range(3 + steps):
+        for run in runs.values():
+            start = time.perf_counter()
+            params, opt_state, loss = run["fn"](*run["state"], jax.random.fold_in(rng, i))
+            jax.block_until_ready(loss)
+            run["state"] = (params, opt_state)
+            if i >= 3:  # warm-up
+                run["times"].append(time.perf_counter() - start)
+    flops = (runs.get("xla") or next(iter(runs.values())))["cost"]
+    gflop = float(flops.get("flops", 0.0)) / 1e9 if flops else None
+    device = jax.devices()[0].device_kind
+    results = {}
+    for mode, run in runs.items():
+        params = run["state"][0]
+        results[mode] = {
+            "device": device,
+            "median_step_seconds": statistics.median(run["times"]),
+            "images_per_second": batch / statistics.median(run["times"]),
+            "parameters": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
+            "gflop_per_step": gflop,
+        }
+    return results
 
 
 def main() -> None:
@@ -151,14 +173,25 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    args = parser.parse_args()
-    ours = t2i_side(args.steps, args.batch, args.dtype)
-    tflops = ours["gflop_per_step"] / ours["median_step_seconds"] / 1e3 if ours["gflop_per_step"] else float("nan")
-    print(
-        f"[{ours['device']}, batch {args.batch}, {args.dtype}] t2i EfficientUNet: "
-        f"{ours['images_per_second']:.2f} images/s, {ours['parameters'] / 1e6:.2f}M params, "
-        f"{ours['gflop_per_step'] or float('nan'):.1f} GFLOP/step, {tflops:.2f} TFLOP/s achieved"
+    parser.add_argument(
+        "--conv_kernel_grad",
+        default="auto,xla",
+        help="t2i kernel-gradient modes to time, comma-separated (t2i/models/conv.py); the first is t2i's row",
     )
+    args = parser.parse_args()
+    modes = args.conv_kernel_grad.split(",")
+    results = t2i_side(args.steps, args.batch, args.dtype, modes)
+    for mode, ours in results.items():
+        tflops = ours["gflop_per_step"] / ours["median_step_seconds"] / 1e3 if ours["gflop_per_step"] else float("nan")
+        print(
+            f"[{ours['device']}, batch {args.batch}, {args.dtype}] t2i EfficientUNet (kernel grad: {mode}): "
+            f"{ours['images_per_second']:.2f} images/s, {ours['parameters'] / 1e6:.2f}M params, "
+            f"{ours['gflop_per_step'] or float('nan'):.1f} GFLOP/step, {tflops:.2f} TFLOP/s achieved"
+        )
+    ours = results[modes[0]]
+    if len(modes) > 1:
+        base = results[modes[1]]
+        print(f"t2i {modes[0]} / {modes[1]}: {ours['images_per_second'] / base['images_per_second']:.2f}x")
     torch_python = shutil.which(args.torch_python)  # a path, or a name on PATH ("python3")
     if torch_python is None:
         print(f"imagen-pytorch: skipped ({args.torch_python} not found)")
@@ -174,7 +207,7 @@ def main() -> None:
     theirs = json.loads(result.stdout.strip().splitlines()[-1])
     print(
         f"[{theirs['device']}] imagen-pytorch Unet: {theirs['images_per_second']:.2f} images/s, "
-        f"{theirs['parameters'] / 1e6:.2f}M params"
+        f"{theirs['parameters'] / 1e6:.2f}M params, {theirs['gflop_per_step']:.1f} GFLOP/step (torch's count)"
     )
     print(f"ratio (t2i / imagen-pytorch): {ours['images_per_second'] / theirs['images_per_second']:.2f}x")
 
