@@ -82,7 +82,7 @@ print(json.dumps({"images_per_second": BATCH / statistics.median(times), "parame
 """
 
 
-def t2i_side(steps: int, batch: int, dtype: str, modes: list[str]) -> dict:
+def t2i_side(steps: int, batch: int, dtype: str, modes: list[str], profile_dir: str = "") -> dict:
     """Times one training step per kernel-gradient mode (t2i/models/conv.py: "auto" is
     what t2i trains with, "xla" is XLA's own convolution gradient), steps interleaved so
     that a noisy machine slows every mode alike. Returns {mode: result}."""
@@ -127,21 +127,27 @@ def t2i_side(steps: int, batch: int, dtype: str, modes: list[str]) -> dict:
 
         return step
 
-    runs = {}
-    for mode in modes:
+    def lower(mode):
         # The mode is read when the step is traced (t2i/models/conv.py).
         os.environ["T2I_CONV_KERNEL_GRAD"] = mode
-        params = unet.init(rng, x0, jnp.zeros(batch), text, mask)
-        opt_state = tx.init(params)
-        lowered = jax.jit(make_step(), donate_argnums=(0, 1)).lower(params, opt_state, rng)
-        # XLA's FLOP count of the lowered program; on XLA:CPU it equals the compiled
-        # count. It counts a scan's body once, so the "xla" mode's count is the model's.
-        # XLA:GPU gives none here, and its compiled count leaves out the convolutions
-        # it hands to cuDNN, so GPU rows take their FLOPs from a CPU run.
-        cost = lowered.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        runs[mode] = {"fn": lowered.compile(), "state": (params, opt_state), "times": [], "cost": cost}
-        os.environ.pop("T2I_CONV_KERNEL_GRAD")
+        try:
+            params = unet.init(rng, x0, jnp.zeros(batch), text, mask)
+            opt_state = tx.init(params)
+            return jax.jit(make_step(), donate_argnums=(0, 1)).lower(params, opt_state, rng), (params, opt_state)
+        finally:
+            os.environ.pop("T2I_CONV_KERNEL_GRAD")
+
+    # The model's FLOPs: XLA's count of the lowered program in "xla" mode (on XLA:CPU it
+    # equals the compiled count; the banded gradient's scan body would be counted once).
+    # XLA:GPU gives none here, and its compiled count leaves out the convolutions it
+    # hands to cuDNN, so GPU rows take their FLOPs from a CPU run.
+    cost = lower("xla")[0].cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    gflop = float(cost.get("flops", 0.0)) / 1e9 if cost else None
+    runs = {}
+    for mode in modes:
+        lowered, state = lower(mode)
+        runs[mode] = {"fn": lowered.compile(), "state": state, "times": []}
     for i in range(3 + steps):
         for run in runs.values():
             start = time.perf_counter()
@@ -150,8 +156,15 @@ def t2i_side(steps: int, batch: int, dtype: str, modes: list[str]) -> dict:
             run["state"] = (params, opt_state)
             if i >= 3:  # warm-up
                 run["times"].append(time.perf_counter() - start)
-    flops = (runs.get("xla") or next(iter(runs.values())))["cost"]
-    gflop = float(flops.get("flops", 0.0)) / 1e9 if flops else None
+    if profile_dir:
+        first = runs[modes[0]]
+
+        def run_first(i):
+            params, opt_state, loss = first["fn"](*first["state"], jax.random.fold_in(rng, i))
+            first["state"] = (params, opt_state)
+            return loss
+
+        profile_by_op_kind(first["fn"], run_first, profile_dir)
     device = jax.devices()[0].device_kind
     results = {}
     for mode, run in runs.items():
@@ -166,6 +179,55 @@ def t2i_side(steps: int, batch: int, dtype: str, modes: list[str]) -> dict:
     return results
 
 
+def profile_by_op_kind(compiled, run_step, out_dir: str, steps: int = 3) -> None:
+    """Traces `steps` calls of `run_step(i)` (a training step that keeps its own state)
+    with jax.profiler and prints the time per step by XLA op kind: each
+    traced HLO instruction is classed by the main op of its fused computation
+    (convolution, dot, reduce, concatenate, or elementwise). A while loop's own event
+    is skipped: the instructions of its body are traced, and classed, one by one."""
+    import collections
+    import glob
+    import gzip
+    import re
+
+    import jax
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    with jax.profiler.trace(out_dir, create_perfetto_trace=True):
+        for i in range(steps):
+            outputs = run_step(1000 + i)
+        jax.block_until_ready(outputs)
+    trace = glob.glob(os.path.join(out_dir, "**", "*.trace.json.gz"), recursive=True)[0]
+    with gzip.open(trace) as f:
+        events = json.load(f)["traceEvents"]
+    hlo = compiled.as_text()
+    calls, bodies, current = {}, collections.defaultdict(set), None
+    for line in hlo.splitlines():
+        header = re.match(r"(?:ENTRY )?%?([\w.\-]+) \(.*\) -> .* \{", line)
+        if header:
+            current = header.group(1)
+            continue
+        op = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = \S+ ([\w\-]+)\(", line)
+        if op:
+            bodies[current].add(op.group(2))
+            called = re.search(r"calls=%?([\w.\-]+)", line)
+            calls[op.group(1)] = (op.group(2), called.group(1) if called else None)
+    kinds = ("convolution", "dot", "reduce", "concatenate")
+    seconds = collections.Counter()
+    for event in events:
+        if event.get("ph") != "X" or event["name"] not in calls:
+            continue
+        op, called = calls[event["name"]]
+        if op == "while":
+            continue
+        ops = bodies.get(called, set()) | {op}
+        kind = next((k for k in kinds if k in ops), "elementwise/other")
+        seconds[kind] += event.get("dur", 0) / 1e6 / steps
+    print(f"profile ({out_dir}), seconds per step by op kind, {sum(seconds.values()):.3f} in all:")
+    for kind, value in seconds.most_common():
+        print(f"  {kind:<32}{value:8.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
@@ -178,9 +240,10 @@ def main() -> None:
         default="auto,xla",
         help="t2i kernel-gradient modes to time, comma-separated (t2i/models/conv.py); the first is t2i's row",
     )
+    parser.add_argument("--profile", default="", help="a directory: also profile t2i's first mode there")
     args = parser.parse_args()
     modes = args.conv_kernel_grad.split(",")
-    results = t2i_side(args.steps, args.batch, args.dtype, modes)
+    results = t2i_side(args.steps, args.batch, args.dtype, modes, args.profile)
     for mode, ours in results.items():
         tflops = ours["gflop_per_step"] / ours["median_step_seconds"] / 1e3 if ours["gflop_per_step"] else float("nan")
         print(
