@@ -62,6 +62,8 @@ def get_config(arg=None):
             # Trained from scratch together with diffusion.snr_floor below; the two were
             # not separated (docs/results.md).
             coord_channels=stage == "base",
+            # The mean-pooled text embedding joins the timestep conditioning (Imagen).
+            pooled_text=True,
             base_channels=32,
             channel_mults=(1, 2, 4),
             num_res_blocks=(1, 2, 2),

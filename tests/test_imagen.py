@@ -399,3 +399,43 @@ def test_stage_options_split_per_stage_and_name_the_flag_in_errors():
         stage_options({"noise_aug_level": "x"}, 2)
     with pytest.raises(UsageError, match=r"bad value for --guidance_interval: '2:1,:' \(.*low end above"):
         stage_options({"guidance_interval": "2:1,:"}, 2)
+
+
+@pytest.mark.parametrize("pooled_text", [True, False])
+def test_pooled_text_switch_decides_whether_text_reaches_a_unet_without_cross_attention(pooled_text):
+    """With cross-attention off everywhere, the pooled embedding is the text's only way
+    in: on, two prompts give different outputs; off, the output ignores the text and
+    the pooled projection has no parameters."""
+    from flax import traverse_util
+
+    from t2i.models.unet import EfficientUNet
+
+    unet = EfficientUNet(
+        base_channels=8,
+        channel_mults=(1, 2),
+        num_res_blocks=(1, 1),
+        self_attention_levels=(False, False),
+        cross_attention_levels=(False, False),
+        embed_dim=16,
+        pooled_text=pooled_text,
+    )
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+    logsnr = jnp.zeros((2,))
+    mask = jnp.ones((2, 5), bool)
+    text_a, text_b = jax.random.normal(jax.random.key(1), (2, 2, 5, 12))
+    params = nn.unbox(unet.init(jax.random.key(2), x, logsnr, text_a, mask))
+    # nudge every weight off its init: the zero-initialised output convolution would
+    # otherwise make every output 0
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(3), len(leaves))
+    params = treedef.unflatten([v + 0.1 * jax.random.normal(k, v.shape) for v, k in zip(leaves, keys)])
+    out_a = unet.apply(params, x, logsnr, text_a, mask)
+    out_b = unet.apply(params, x, logsnr, text_b, mask)
+    difference = float(jnp.max(jnp.abs(out_a - out_b)))
+    flat = traverse_util.flatten_dict(params["params"])
+    # the pooled projection is the one kernel that reads the 12-wide text
+    reads_text = [k for k, v in flat.items() if k[-1] == "kernel" and v.shape[0] == 12]
+    if pooled_text:
+        assert difference > 1e-4 and len(reads_text) == 1
+    else:
+        assert difference == 0.0 and not reads_text

@@ -234,6 +234,11 @@ class EfficientUNet(nn.Module):
     # Zero-initialised, so turning it on in a trained model (`train.init_from`) leaves
     # its output unchanged at the first step.
     coord_channels: bool = False
+    # Add the mean-pooled text embedding to the timestep conditioning (the paper's
+    # choice). False leaves cross-attention as the text's only way in: an ablation of
+    # whether the pooled bag of words lets the model skip reading which colour goes
+    # with which shape (docs/results.md, heldout pairs).
+    pooled_text: bool = True
     super_resolution: bool = False
     out_channels: int = 3
     dtype: Dtype = jnp.float32
@@ -263,9 +268,10 @@ class EfficientUNet(nn.Module):
             bias_init=named(nn.initializers.zeros, ("norm",)),
             name="text_norm",
         )(text.astype(jnp.float32))
-        mask = text_mask.astype(jnp.float32)[..., None]
-        pooled = jnp.sum(text * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
-        conditioning = conditioning + Dense(self.embed_dim, axes=(None, "mlp"), **kw)(pooled)
+        if self.pooled_text:
+            mask = text_mask.astype(jnp.float32)[..., None]
+            pooled = jnp.sum(text * mask, axis=1) / jnp.maximum(jnp.sum(mask, axis=1), 1.0)
+            conditioning = conditioning + Dense(self.embed_dim, axes=(None, "mlp"), **kw)(pooled)
         conditioning = Dense(self.embed_dim, axes=("mlp", "embed"), **kw)(nn.silu(conditioning))
         text = nn.with_logical_constraint(text.astype(self.dtype), ACTIVATION_TOKENS)
 

@@ -114,6 +114,7 @@ class ImagenTask(Task):
             attention_every_block=model.attention_every_block,
             ff_mult=model.ff_mult,
             coord_channels=coord_channels,
+            pooled_text=bool(model.get("pooled_text", True)),
             super_resolution=self.super_resolution,
         )
         text = config.text
