@@ -423,14 +423,15 @@ def test_pooled_text_switch_decides_whether_text_reaches_a_unet_without_cross_at
     logsnr = jnp.zeros((2,))
     mask = jnp.ones((2, 5), bool)
     text_a, text_b = jax.random.normal(jax.random.key(1), (2, 2, 5, 12))
-    params = nn.unbox(unet.init(jax.random.key(2), x, logsnr, text_a, mask))
+    params = nn.unbox(jax.jit(unet.init)(jax.random.key(2), x, logsnr, text_a, mask))  # jit: eager is ~1 min
     # nudge every weight off its init: the zero-initialised output convolution would
     # otherwise make every output 0
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(3), len(leaves))
     params = treedef.unflatten([v + 0.1 * jax.random.normal(k, v.shape) for v, k in zip(leaves, keys)])
-    out_a = unet.apply(params, x, logsnr, text_a, mask)
-    out_b = unet.apply(params, x, logsnr, text_b, mask)
+    apply = jax.jit(unet.apply)
+    out_a = apply(params, x, logsnr, text_a, mask)
+    out_b = apply(params, x, logsnr, text_b, mask)
     difference = float(jnp.max(jnp.abs(out_a - out_b)))
     flat = traverse_util.flatten_dict(params["params"])
     # the pooled projection is the one kernel that reads the 12-wide text
