@@ -41,6 +41,7 @@ def main() -> None:
 
     from t2i.cascade import REFERENCE_STAGES, _compiled_sampler, default_settings, load_stage, text_front_end
     from t2i.cli import split_prompts
+    from t2i.data import shapes
     from t2i.diffusion import samplers, schedules
     from t2i.evaluation import shapes_eval
     from t2i.evaluation.shapes_eval import parse_caption
@@ -52,12 +53,8 @@ def main() -> None:
     lo, hi = setting.guidance_interval
     prompts = [p for p in split_prompts(args.split, args.num) if parse_caption(p).kind == "pair"]
 
-    def noun_phrases(prompt):
-        phrases = []
-        for colour, shape, size in parse_caption(prompt).objects:
-            words = f"{size} {colour} {shape}" if size else f"{colour} {shape}"
-            phrases.append(("an " if words[0] in "aeiou" else "a ") + words)
-        return phrases
+    def noun_phrases(prompt):  # worded as the Shapes captions word an object
+        return [shapes._noun_phrase(colour, shape, size or "") for colour, shape, size in parse_caption(prompt).objects]
 
     task, front = base.task, text_front_end(base.config)
 
