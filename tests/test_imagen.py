@@ -440,3 +440,52 @@ def test_pooled_text_switch_decides_whether_text_reaches_a_unet_without_cross_at
         assert difference > 1e-4 and len(reads_text) == 1
     else:
         assert difference == 0.0 and not reads_text
+
+
+def test_attention_loss_pulls_each_objects_words_into_its_box(tiny_embeddings):
+    """The pipeline marks each object's colour and shape tokens; a few optimizer steps on
+    the attention loss alone move those words' attention into the objects' boxes."""
+    import optax
+
+    from t2i.data import shapes
+    from t2i.text.minilm import MiniLMEncoder
+
+    overrides = ("diffusion.attention_loss_weight=1.0", "diffusion.cond_drop_prob=0.0")
+    config = _config("stage=base", tiny_embeddings, *overrides)
+    task = get_task(config)
+    batch = next(pipeline.eval_batches(config.data, "train", 8, transform=task.transform, limit=8))
+    tokenizer = MiniLMEncoder.from_package(max_length=24).tokenizer
+    for i, caption in enumerate(batch["caption"]):
+        ids = [tokenizer.cls_id] + tokenizer.tokenize(caption)
+        for k in range(int(batch["num_objects"][i])):
+            color, shape = shapes.COLORS[batch["color"][i, k]], shapes.SHAPES[batch["shape"][i, k]]
+            assert ids[batch["word_tokens"][i, k, 0]] == tokenizer.tokenize(color)[0], caption
+            assert ids[batch["word_tokens"][i, k, 1]] in (
+                tokenizer.tokenize(shape)[0],
+                tokenizer.tokenize(shape + "s")[0],
+            )
+        assert (batch["word_tokens"][i, int(batch["num_objects"][i]) :] == -1).all()
+
+    device_batch = {k: jnp.asarray(v) for k, v in batch.items() if k != "caption"}
+    rng = jax.random.key(1)
+
+    def attention_loss(params):
+        return task.loss(params, device_batch, rng)[1]["attention_loss"]
+
+    params = nn.unbox(jax.jit(task.init)(jax.random.key(0)))
+    optimizer = optax.adam(1e-2)
+
+    @jax.jit
+    def step(params, opt_state):
+        loss, grads = jax.value_and_grad(attention_loss)(params)
+        updates, opt_state = optimizer.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    opt_state, losses = optimizer.init(params), []
+    for _ in range(15):
+        params, opt_state, loss = step(params, opt_state)
+        losses.append(float(loss))
+    assert losses[-1] < 0.7 * losses[0], losses
+
+    with pytest.raises(ValueError, match="attention_loss_weight needs a base stage"):
+        get_task(_config("stage=sr", tiny_embeddings, *overrides))

@@ -143,6 +143,32 @@ def _noun_phrase(color: str, shape: str, size: str = "") -> str:
     return f"{_article(words)} {words}"
 
 
+def object_word_indices(caption: str, kind: str, identities) -> list[tuple[int, int]]:
+    """For each object of a generated scene, in scene order, the positions (among
+    `caption.split()`) of the words naming its colour and its shape.
+
+    `identities` are the objects' (color, shape). Pair captions name the objects in
+    scene order, so an object whose colour (or shape) an earlier object shares takes
+    that word's next occurrence; a count caption names all its objects with one colour
+    word and one plural noun. Raises ValueError for a caption outside this grammar.
+    """
+    words = caption.split()
+    out = []
+    for k, (color, shape) in enumerate(identities):
+        if kind == "count":
+            color_nth, shape_nth, noun = 0, 0, shape + "s"
+        else:
+            color_nth = sum(1 for c, _ in identities[:k] if c == color)
+            shape_nth = sum(1 for _, s in identities[:k] if s == shape)
+            noun = shape
+        colors = [i for i, word in enumerate(words) if word == color]
+        nouns = [i for i, word in enumerate(words) if word == noun]
+        if color_nth >= len(colors) or shape_nth >= len(nouns):
+            raise ValueError(f"caption {caption!r} does not name object {k} ({color} {shape}) as a {kind} caption does")
+        out.append((colors[color_nth], nouns[shape_nth]))
+    return out
+
+
 def _draw_identities(rng: np.random.Generator, count: int, heldout: bool) -> list[tuple[str, str]]:
     """`count` distinct (color, shape) identities, conditioned on the split's hold-out rule.
 

@@ -103,6 +103,9 @@ class Attention(nn.Module):
             mask = jnp.concatenate([jnp.ones((batch, 1), bool), context_mask.astype(bool)], axis=1)
             logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+        # Kept only when the caller asks (`apply(..., mutable=["intermediates"])`):
+        # attention-map losses and diagnostics read it; ordinary calls pay nothing.
+        self.sow("intermediates", "weights", weights)
         out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         return NamedProjection(
             (queries.shape[-1],), ("heads", "kv", "embed"), kernel_init=nn.initializers.zeros, name="out", **kw

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t2i.diffusion import gaussian, samplers, schedules
+from t2i.models import attention_maps
 from t2i.models.layers import named
 from t2i.models.unet import EfficientUNet
 from t2i.tasks.base import Task
@@ -80,6 +81,35 @@ def random_crop(rng: jax.Array, images: list[jax.Array], size: int) -> list[jax.
     return [jax.vmap(crop)(image, offsets) for image in images]
 
 
+def object_word_transform(max_length: int):
+    """A pipeline transform adding `word_tokens` int32 [MAX_OBJECTS, 2]: the MiniLM token
+    position of each object's colour word and shape word (-1 for no object, or for a
+    word cut off at `max_length`)."""
+    import os
+
+    from t2i.data import shapes
+    from t2i.data.pipeline import MAX_OBJECTS
+    from t2i.text.minilm import WordPieceTokenizer, package_model_dir
+
+    tokenizer = WordPieceTokenizer(os.path.join(package_model_dir(), "vocab.txt"))
+
+    def add_word_tokens(example: dict) -> dict:
+        caption, count = example["caption"], int(example["num_objects"])
+        identities = [
+            (shapes.COLORS[c], shapes.SHAPES[k]) for c, k in zip(example["color"][:count], example["shape"][:count])
+        ]
+        words = shapes.object_word_indices(caption, shapes.KINDS[int(example["kind"])], identities)
+        starts = tokenizer.word_starts(caption)
+        tokens = np.full((MAX_OBJECTS, 2), -1, np.int32)
+        for k, object_words in enumerate(words):
+            for j, word in enumerate(object_words):
+                if starts[word] <= max_length - 2:  # [SEP] takes the last place
+                    tokens[k, j] = starts[word]
+        return {**example, "word_tokens": tokens}
+
+    return add_word_tokens
+
+
 class ImagenTask(Task):
     def __init__(self, config):
         super().__init__(config)
@@ -133,6 +163,23 @@ class ImagenTask(Task):
         self.schedule = schedules.get_schedule(diffusion.schedule, **dict(diffusion.schedule_kwargs))
         self.aug_schedule = schedules.cosine()
         self.parametrization = diffusion.parametrization
+        # Token-level attention supervision (not in Imagen; off by default): each
+        # object's colour and shape words should attend inside its box
+        # (t2i/models/attention_maps.py). The data pipeline adds the words' positions.
+        self.attention_loss_weight = float(diffusion.get("attention_loss_weight", 0.0))
+        if self.attention_loss_weight:
+            if (
+                self.super_resolution
+                or self.text_source != "embeddings"
+                or config.data.get("text_embeddings") != "minilm"
+            ):
+                raise ValueError(
+                    "diffusion.attention_loss_weight needs a base stage on the MiniLM text embeddings "
+                    "(it locates each object's words with MiniLM's tokenizer)"
+                )
+            if not any(model.cross_attention_levels):
+                raise ValueError("diffusion.attention_loss_weight needs cross-attention at some level")
+            self.transform = object_word_transform(int(config.data.max_text_length))
 
     # ---------------------------------------------------------------- shapes of inputs
     def _text(self, batch):
@@ -180,12 +227,28 @@ class ImagenTask(Task):
             x0, low = random_crop(jax.random.fold_in(rng, 1), [x0, low], self.train_crop)
         eps = jax.random.normal(noise_rng, x0.shape)
         x_t = gaussian.diffuse(x0, eps, logsnr)
-        out = self.model.apply(params, x_t, logsnr, text, mask, low, aug_logsnr)
         diffusion = self.config.diffusion
+        if self.attention_loss_weight:
+            out, state = self.model.apply(params, x_t, logsnr, text, mask, low, aug_logsnr, mutable=["intermediates"])
+        else:
+            out = self.model.apply(params, x_t, logsnr, text, mask, low, aug_logsnr)
         loss = gaussian.diffusion_loss(
             out, x0, eps, logsnr, self.parametrization, diffusion.min_snr_gamma, diffusion.get("snr_floor", 0.0)
         )
-        return loss, {}
+        if not self.attention_loss_weight:
+            return loss, {}
+        attention_loss = attention_maps.token_region_loss(
+            attention_maps.cross_attention_maps(state["intermediates"]),
+            batch["word_tokens"],
+            batch["cx"],
+            batch["cy"],
+            batch["r"],
+            keep,
+        )
+        return loss + self.attention_loss_weight * attention_loss, {
+            "diffusion_loss": loss,
+            "attention_loss": attention_loss,
+        }
 
     # ---------------------------------------------------------------------- sampling
     def sample(self, params, batch, rng, *, steps=None, sampler=None, guidance=None, aug_level=None):

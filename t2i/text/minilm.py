@@ -444,6 +444,15 @@ class WordPieceTokenizer:
                 ids += [piece for word in self._basic_tokens(part) for piece in self._word_pieces(word)]
         return ids
 
+    def word_starts(self, text: str) -> list[int]:
+        """The position of each whitespace-separated word's first piece in the encoded
+        sequence ([CLS] is position 0), before any truncation."""
+        starts, position = [], 1
+        for word in text.split():
+            starts.append(position)
+            position += len(self.tokenize(word))
+        return starts
+
 
 # ----------------------------------------------------------------------------- encoder
 
