@@ -29,7 +29,7 @@ setup(
         "safetensors>=0.4,<0.9",
     ],
     extras_require={
-        "test": ["pytest>=8,<10", "ruff>=0.6,<1"],
+        "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "ruff>=0.6,<1"],
         "tpu": ["libtpu"],
     },
     entry_points={"console_scripts": ["t2i=t2i.cli:main"]},
