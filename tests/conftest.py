@@ -6,6 +6,18 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
+# A compilation cache for this run only: many tests compile the same tiny train step
+# (a run and its resume, one config on two meshes), and a hit skips XLA's compile.
+# `T2I_TEST_COMPILE_CACHE=0` turns it off (e.g. to time compilation itself).
+if os.environ.get("T2I_TEST_COMPILE_CACHE", "1") != "0":
+    import atexit
+    import shutil
+    import tempfile
+
+    _cache_dir = tempfile.mkdtemp(prefix="t2i-test-xla-cache-")
+    atexit.register(shutil.rmtree, _cache_dir, ignore_errors=True)
+    jax.config.update("jax_compilation_cache_dir", _cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 import pytest  # noqa: E402
 
