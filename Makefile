@@ -79,7 +79,7 @@ tokenizer: data
 
 # Tests run in $(TEST_WORKERS) processes (pytest-xdist), a test file per process: much of
 # the suite's time is XLA compiling, which is single-threaded, so a second process
-# fills the idle core (2 cores: 18 min against 23-28 min in one process, 2026-11-27).
+# fills the idle core (2 cores: 16 min against 23-28 min in one process, 2026-11-27).
 # `TEST_WORKERS=0` runs them in this process.
 TEST_WORKERS ?= 2
 test: install
