@@ -7,7 +7,8 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 # A compilation cache for this run only: many tests compile the same tiny train step
-# (a run and its resume, one config on two meshes), and a hit skips XLA's compile.
+# (a run and its resume, the same tiny model in several tests), and a hit skips XLA's
+# compile.
 # `T2I_TEST_COMPILE_CACHE=0` turns it off (e.g. to time compilation itself).
 if os.environ.get("T2I_TEST_COMPILE_CACHE", "1") != "0":
     import atexit
