@@ -395,7 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(handler=_cmd_data_preview)
 
     d = data.add_parser("embed", help="precompute frozen text-encoder outputs for every caption of a build")
-    d.add_argument("--encoder", default="minilm", help="minilm")
+    d.add_argument(
+        "--encoder",
+        default="minilm",
+        help="minilm (whole captions) or minilm_phrases (each relation ends a phrase encoded on its own)",
+    )
     d.add_argument("--builder_config", default="small")
     d.add_argument("--data_dir", default="data/tfds")
     d.add_argument("--max_length", type=int, default=24, help="tokens per caption (padded/truncated)")

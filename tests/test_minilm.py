@@ -95,6 +95,48 @@ def test_empty_prompt_is_unconditional(encoder, golden):
     assert encoder._forward._cache_size() == compiled  # same shape: no recompile
 
 
+def test_phrase_breaks_encode_each_phrase_on_its_own(encoder):
+    from t2i.data.shapes import RELATIONS
+
+    phrased = minilm.MiniLMEncoder(
+        encoder.config, encoder.params, encoder.tokenizer, encoder.max_length, phrase_breaks=RELATIONS
+    )
+    assert phrased.phrases("a photo of a red circle to the left of a blue square") == [
+        "a photo of a red circle to the left of",
+        " a blue square",
+    ]
+    assert phrased.phrases("Two red circles Above") == ["Two red circles Above"]  # nothing after the break
+    assert phrased.phrases("a red circle aboveground") == ["a red circle aboveground"]  # whole words only
+    texts = [
+        "a photo of a red circle to the left of a blue square",
+        "a drawing of a green triangle to the left of a blue square",
+        "a red circle below a blue square",
+        "three yellow squares",
+        "",
+    ]
+    # The same word pieces and masks as whole-caption encoding; only attention changes.
+    for got, want in zip(phrased.tokenize(texts), encoder.tokenize(texts)):
+        np.testing.assert_array_equal(got, want)
+    hidden, mask = phrased.encode(texts)
+    whole, _ = encoder.encode(texts)
+    hidden, whole, mask = np.asarray(hidden), np.asarray(whole), np.asarray(mask)
+    # " a blue square [SEP]" is the last 4 tokens of rows 0-2: identical after subjects
+    # of the same length (positions still count) but other words, unlike whole-caption
+    # encoding.
+    ends = mask.sum(1)
+    objects = [hidden[row, ends[row] - 4 : ends[row]] for row in range(3)]
+    np.testing.assert_array_equal(objects[0], objects[1])
+    assert np.abs(whole[0, ends[0] - 4 : ends[0]] - whole[1, ends[1] - 4 : ends[1]]).max() > 0.1
+    # The subject does not see the object: row 2's "[CLS] a red circle below" matches
+    # the same phrase before another object (to rounding: another batch size compiles
+    # another program).
+    other, _ = phrased.encode(["a red circle below a purple triangle"])
+    np.testing.assert_allclose(hidden[2, :5], np.asarray(other)[0, :5], atol=1e-5)
+    assert np.abs(hidden[2, :5] - whole[2, :5]).max() > 0.1
+    # A caption without a break is one phrase: the whole-caption states, bit for bit.
+    np.testing.assert_array_equal(hidden[3:], whole[3:])
+
+
 def test_truncation_keeps_sep_and_warns_once(encoder):
     long_prompt = " ".join(["a large orange triangle"] * 12)
     with pytest.warns(UserWarning) as record:

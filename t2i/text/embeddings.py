@@ -23,7 +23,9 @@ from tqdm import tqdm
 
 from t2i.errors import UsageError
 
-ENCODERS = ("minilm",)
+# "minilm_phrases": MiniLM with each Shapes relation ending a phrase that is encoded on
+# its own (MiniLMEncoder's phrase_breaks); see docs/results.md for why.
+ENCODERS = ("minilm", "minilm_phrases")
 
 
 def table_dir(build_dir: str, encoder: str, length: int) -> str:
@@ -35,6 +37,11 @@ def make_encoder(encoder: str, length: int) -> Callable:
         from t2i.text.minilm import MiniLMEncoder
 
         return MiniLMEncoder.from_package(max_length=length).encode
+    if encoder == "minilm_phrases":
+        from t2i.data.shapes import RELATIONS
+        from t2i.text.minilm import MiniLMEncoder
+
+        return MiniLMEncoder.from_package(max_length=length, phrase_breaks=RELATIONS).encode
     raise UsageError(f"unknown text encoder '{encoder}' (known: {', '.join(ENCODERS)})")
 
 
