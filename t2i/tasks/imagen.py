@@ -171,7 +171,7 @@ class ImagenTask(Task):
             if (
                 self.super_resolution
                 or self.text_source != "embeddings"
-                or config.data.get("text_embeddings") != "minilm"
+                or config.data.get("text_embeddings") not in ("minilm", "minilm_phrases")
             ):
                 raise ValueError(
                     "diffusion.attention_loss_weight needs a base stage on the MiniLM text embeddings "
