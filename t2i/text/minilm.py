@@ -474,9 +474,9 @@ class MiniLMEncoder:
     these phrases and lets every token attend only within its own phrase ([CLS] in the
     first, [SEP] in the last; positions still count over the whole text). With the
     Shapes relations as breaks, the object of "a red circle above a blue square" is
-    encoded exactly as it would be alone, so a novel colour-shape pair in either place
-    reads like a single object's caption, which the U-Net draws right; whole-caption
-    encoding mixes the two objects' words in every state.
+    encoded exactly as it would be alone and the subject sees only its own words and the
+    relation, so neither object's states carry the other's colour or shape (whole-caption
+    encoding mixes both objects' words into every state).
     """
 
     def __init__(
