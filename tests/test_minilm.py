@@ -212,3 +212,20 @@ def test_sharded_over_8_devices_matches_one(encoder):
     attended = sharded.tokenize(texts)[1]
     diff = np.abs(np.asarray(hidden) - np.asarray(reference))
     assert diff[attended].max() < 1e-5 and diff.max() < 1e-3  # padding of "" is ill-conditioned
+
+
+def test_make_encoder_names_the_phrase_wise_encoder(encoder):
+    from t2i.errors import UsageError
+    from t2i.text.embeddings import make_encoder
+
+    # Subjects of the same length in pieces, so the objects sit at the same positions.
+    texts = ["a red circle below a blue square", "a green triangle below a blue square"]
+    phrased, mask = make_encoder("minilm_phrases", 32)(texts)
+    whole, _ = make_encoder("minilm", 32)(texts)
+    end = int(np.asarray(mask)[0].sum())
+    assert end == int(np.asarray(mask)[1].sum()) == 9
+    objects = np.asarray(phrased)[:, end - 4 : end]  # "a blue square [SEP]"
+    np.testing.assert_array_equal(objects[0], objects[1])
+    assert np.abs(np.asarray(whole)[0, end - 4 : end] - np.asarray(whole)[1, end - 4 : end]).max() > 0.1
+    with pytest.raises(UsageError, match="unknown text encoder 'bert'"):
+        make_encoder("bert", 32)

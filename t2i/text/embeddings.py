@@ -33,15 +33,12 @@ def table_dir(build_dir: str, encoder: str, length: int) -> str:
 
 
 def make_encoder(encoder: str, length: int) -> Callable:
-    if encoder == "minilm":
-        from t2i.text.minilm import MiniLMEncoder
-
-        return MiniLMEncoder.from_package(max_length=length).encode
-    if encoder == "minilm_phrases":
+    if encoder in ENCODERS:
         from t2i.data.shapes import RELATIONS
         from t2i.text.minilm import MiniLMEncoder
 
-        return MiniLMEncoder.from_package(max_length=length, phrase_breaks=RELATIONS).encode
+        breaks = RELATIONS if encoder == "minilm_phrases" else ()
+        return MiniLMEncoder.from_package(max_length=length, phrase_breaks=breaks).encode
     raise UsageError(f"unknown text encoder '{encoder}' (known: {', '.join(ENCODERS)})")
 
 
