@@ -300,11 +300,15 @@ def test_training_minutes_leave_out_the_time_a_stopped_run_sat_idle(tmp_path):
 
 def _without_coordinates(export: str, out: str) -> str:
     """A copy of a base export as a model without pixel coordinates: its other trained
-    weights, its `coord_proj` (if any) dropped and `model.coord_channels` off."""
+    weights, its `coord_proj` (if any) dropped and `model.coord_channels` off. The
+    token attention loss (the reference base was fine-tuned with it) is turned off too:
+    its loss is then the diffusion loss alone, which a batch without word tokens can
+    compute."""
     with np.load(export) as data:
         arrays = {key: data[key] for key in data.files if "coord_proj" not in key}
     config = json.loads(str(arrays["__config__"]))
     config["model"]["coord_channels"] = False
+    config["diffusion"]["attention_loss_weight"] = 0.0
     arrays["__config__"] = np.asarray(json.dumps(config, sort_keys=True))
     np.savez(out, **arrays)
     return out
