@@ -248,10 +248,10 @@ def test_sweep_scores_each_setting_and_split_and_tabulates(trained_stages, tmp_p
     argv += ["--thresholding", "none", "--grid_dir", str(tmp_path / "grids"), "--out", str(out)]
     assert imagen_sweep.main(argv) == 0
     assert sorted(os.listdir(tmp_path / "grids")) == [
-        "step2_ddim2_w3_at-4__none_heldout.png",
-        "step2_ddim2_w3_at-4__none_test.png",
-        "step2_ddim2_w3_none_heldout.png",
-        "step2_ddim2_w3_none_test.png",
+        "step2_ddpm2_w3_at-4__none_heldout.png",
+        "step2_ddpm2_w3_at-4__none_test.png",
+        "step2_ddpm2_w3_none_heldout.png",
+        "step2_ddpm2_w3_none_test.png",
     ]
     rows = [json.loads(line) for line in open(out)]
     assert [(r["base"]["guidance_weight"], r["base"]["guidance_interval"], r["split"]) for r in rows] == [
@@ -261,6 +261,13 @@ def test_sweep_scores_each_setting_and_split_and_tabulates(trained_stages, tmp_p
         (3.0, [-4.0, None], "heldout"),
     ]
     assert all(r["num"] == 2 and r["base_step"] == 2 and 0.0 <= r["overall"] <= 1.0 for r in rows)
+    # Settings not given are the cascade's defaults: the sweep scores what `t2i sample` draws.
+    from t2i.cascade import BASE_DEFAULTS, SR_DEFAULTS
+
+    assert {r["base"]["sampler"] for r in rows} == {BASE_DEFAULTS["sampler"]}
+    assert {(r["sr"]["sampler"], r["sr"]["noise_aug_level"], r["sr"]["guidance_weight"]) for r in rows} == {
+        (SR_DEFAULTS["sampler"], SR_DEFAULTS["noise_aug_level"], SR_DEFAULTS["guidance_weight"])
+    }
     table = imagen_sweep.markdown_table(str(out))
     assert len(table.splitlines()) == 2 + len(rows) and "| heldout |" in table
     assert "| 3 | none |" in table and "| 3 @ -4.. | none |" in table

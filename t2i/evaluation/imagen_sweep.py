@@ -4,6 +4,9 @@
       --splits test,heldout --num 200 --guidance 1,3,5,8 --thresholding none,dynamic \
       --out docs/results/imagen_guidance.jsonl
 
+Settings left unset are the cascade's defaults (`t2i/cascade.py`: base DDPM 50 steps,
+guidance 3 at log-SNR -4..2, no thresholding; SR DDIM 16 steps, augmentation 0.1).
+
 Every combination of the comma-separated base-stage settings (and of `--base_steps`,
 checkpoints of the base workdir: a learning curve) samples the first `--num` captions
 (after `--offset`: a setting chosen on the first 100 can be checked on the next 100)
@@ -104,20 +107,27 @@ def main(argv=None) -> int:
     parser.add_argument("--offset", type=int, default=0, help="skip this many captions of each split first")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=50)
-    parser.add_argument("--sampler", default="ddim", help="base sampler(s)")
-    parser.add_argument("--steps", default="20", help="base step count(s)")
-    parser.add_argument("--guidance", default="3", help="base guidance weight(s)")
-    parser.add_argument("--thresholding", default="dynamic", help="base thresholding(s): none|static|dynamic")
+    # Unset settings are those `t2i sample --pipeline imagen` and `make demo` use, so a
+    # sweep without flags scores what a user of the reference cascade gets.
+    from t2i.cascade import BASE_DEFAULTS, SR_DEFAULTS
+
+    interval = ":".join("" if v is None else f"{v:g}" for v in BASE_DEFAULTS["guidance_interval"])
+    parser.add_argument("--sampler", default=BASE_DEFAULTS["sampler"], help="base sampler(s)")
+    parser.add_argument("--steps", default=str(BASE_DEFAULTS["steps"]), help="base step count(s)")
+    parser.add_argument("--guidance", default=f"{BASE_DEFAULTS['guidance_weight']:g}", help="base guidance weight(s)")
+    parser.add_argument(
+        "--thresholding", default=BASE_DEFAULTS["thresholding"], help="base thresholding(s): none|static|dynamic"
+    )
     parser.add_argument(
         "--guidance_interval",
-        default=":",
+        default=interval,
         help="base guidance interval(s) in log-SNR, LO:HI (open sides allowed; ':' is every step); "
         "write --guidance_interval=-6:2,-4:",
     )
-    parser.add_argument("--sr_sampler", default="ddim")
-    parser.add_argument("--sr_steps", type=int, default=8)
-    parser.add_argument("--sr_guidance", type=float, default=1.0)
-    parser.add_argument("--sr_aug_level", type=float, default=0.1)
+    parser.add_argument("--sr_sampler", default=SR_DEFAULTS["sampler"])
+    parser.add_argument("--sr_steps", type=int, default=SR_DEFAULTS["steps"])
+    parser.add_argument("--sr_guidance", type=float, default=SR_DEFAULTS["guidance_weight"])
+    parser.add_argument("--sr_aug_level", type=float, default=SR_DEFAULTS["noise_aug_level"])
     parser.add_argument("--out", required=True, help="JSON lines are appended here")
     parser.add_argument("--grid_dir", default="", help="save the first 32 images of each run here")
     args = parser.parse_args(argv)
@@ -131,7 +141,7 @@ def main(argv=None) -> int:
 def _sweep(args) -> int:
     import numpy as np
 
-    from t2i.cascade import StageSettings, load_stage, run_cascade
+    from t2i.cascade import SR_DEFAULTS, StageSettings, load_stage, run_cascade
     from t2i.cli import split_prompts
     from t2i.diffusion.samplers import parse_interval
     from t2i.evaluation import shapes_eval
@@ -149,7 +159,7 @@ def _sweep(args) -> int:
         sampler=args.sr_sampler,
         steps=args.sr_steps,
         guidance_weight=args.sr_guidance,
-        thresholding="none",
+        thresholding=SR_DEFAULTS["thresholding"],
         noise_aug_level=args.sr_aug_level,
     )
     grid = list(
