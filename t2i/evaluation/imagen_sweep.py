@@ -4,8 +4,8 @@
       --splits test,heldout --num 200 --guidance 1,3,5,8 --thresholding none,dynamic \
       --out docs/results/imagen_guidance.jsonl
 
-Settings left unset are the cascade's defaults (`t2i/cascade.py`: base DDPM 50 steps,
-guidance 3 at log-SNR -4..2, no thresholding; SR DDIM 16 steps, augmentation 0.1).
+Settings left unset are the cascade's defaults (`BASE_DEFAULTS` and `SR_DEFAULTS` in
+`t2i/cascade.py`), the ones `t2i sample --pipeline imagen` uses.
 
 Every combination of the comma-separated base-stage settings (and of `--base_steps`,
 checkpoints of the base workdir: a learning curve) samples the first `--num` captions
