@@ -262,9 +262,10 @@ def test_sweep_scores_each_setting_and_split_and_tabulates(trained_stages, tmp_p
     ]
     assert all(r["num"] == 2 and r["base_step"] == 2 and 0.0 <= r["overall"] <= 1.0 for r in rows)
     # Settings not given are the cascade's defaults: the sweep scores what `t2i sample` draws.
-    from t2i.cascade import BASE_DEFAULTS, SR_DEFAULTS
+    from t2i.cascade import BASE_DEFAULTS, SR_DEFAULTS, StageSettings
 
     assert {r["base"]["sampler"] for r in rows} == {BASE_DEFAULTS["sampler"]}
+    assert {r["base"]["percentile"] for r in rows} == {StageSettings.percentile}
     assert {(r["sr"]["sampler"], r["sr"]["noise_aug_level"], r["sr"]["guidance_weight"]) for r in rows} == {
         (SR_DEFAULTS["sampler"], SR_DEFAULTS["noise_aug_level"], SR_DEFAULTS["guidance_weight"])
     }
@@ -281,6 +282,9 @@ def test_sweep_scores_each_setting_and_split_and_tabulates(trained_stages, tmp_p
     capsys.readouterr()
     assert imagen_sweep.main([*argv[:-1], str(tmp_path / "x.jsonl"), "--guidance", "1,x"]) == 2
     assert "bad list '1,x'" in capsys.readouterr().err
+    assert imagen_sweep.main([*argv[:-1], str(tmp_path / "p.jsonl"), "--percentile", "99.5"]) == 2
+    assert "percentile must be in (0, 1], got 99.5" in capsys.readouterr().err
+    assert not (tmp_path / "p.jsonl").exists()
     from t2i.cascade import REFERENCE_STAGES
 
     npz = ["--base", REFERENCE_STAGES[0], "--sr", sr, "--base_steps", "2", "--out", str(tmp_path / "y.jsonl")]

@@ -42,6 +42,8 @@ class Guidance:
     interval: tuple[float, float] = (-math.inf, math.inf)
 
     def __post_init__(self):
+        if not 0.0 < self.percentile <= 1.0:
+            raise ValueError(f"the dynamic thresholding percentile must be in (0, 1], got {self.percentile}")
         lo, hi = self.interval
         if not lo <= hi:
             raise ValueError(f"the guidance interval's low end {lo} is above its high end {hi}")

@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch_size", type=int, default=50)
     # Unset settings are those `t2i sample --pipeline imagen` and `make demo` use, so a
     # sweep without flags scores what a user of the reference cascade gets.
-    from t2i.cascade import BASE_DEFAULTS, SR_DEFAULTS
+    from t2i.cascade import BASE_DEFAULTS, SR_DEFAULTS, StageSettings
 
     interval = ":".join("" if v is None else f"{v:g}" for v in BASE_DEFAULTS["guidance_interval"])
     parser.add_argument("--sampler", default=BASE_DEFAULTS["sampler"], help="base sampler(s)")
@@ -117,6 +117,12 @@ def main(argv=None) -> int:
     parser.add_argument("--guidance", default=f"{BASE_DEFAULTS['guidance_weight']:g}", help="base guidance weight(s)")
     parser.add_argument(
         "--thresholding", default=BASE_DEFAULTS["thresholding"], help="base thresholding(s): none|static|dynamic"
+    )
+    parser.add_argument(
+        "--percentile",
+        type=float,
+        default=StageSettings.percentile,
+        help="base dynamic thresholding percentile p (used where --thresholding is dynamic)",
     )
     parser.add_argument(
         "--guidance_interval",
@@ -181,6 +187,7 @@ def _sweep(args) -> int:
                 steps=steps,
                 guidance_weight=guidance,
                 thresholding=thresholding,
+                percentile=args.percentile,
                 guidance_interval=interval,
             )
             for split in splits:
