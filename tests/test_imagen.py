@@ -276,6 +276,10 @@ def test_sweep_scores_each_setting_and_split_and_tabulates(trained_stages, tmp_p
     shifted = tmp_path / "shifted.jsonl"
     shifted.write_text(json.dumps(dict(rows[0], offset=100, num=2)) + "\n")
     assert "| test [100:102] | 2 |" in imagen_sweep.markdown_table(str(shifted))
+    shifted.write_text(json.dumps(dict(rows[0], overall=0.825)) + "\n")
+    assert "| **82.5%** |" in imagen_sweep.markdown_table(str(shifted))
+    shifted.write_text(json.dumps(dict(rows[0], overall=0.88)) + "\n")
+    assert "| **88%** |" in imagen_sweep.markdown_table(str(shifted))
     capsys.readouterr()
     assert imagen_sweep.main([*argv[:-1], str(tmp_path / "z.jsonl"), "--offset", "-1"]) == 2
     assert "--offset must be at least 0" in capsys.readouterr().err

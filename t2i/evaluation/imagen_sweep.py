@@ -73,6 +73,14 @@ def _weight_cell(setting: dict) -> str:
     return f"{setting['guidance_weight']:g} @ {ends[0]}..{ends[1]}"
 
 
+def _percent(fraction: float) -> str:
+    """A score as a percentage, with its tenth where it has one: 200 captions move the
+    score in half points, and "82%" for 0.825 would hide the one caption that separates
+    two settings."""
+    tenths = round(fraction * 1000)
+    return f"{tenths // 10}%" if tenths % 10 == 0 else f"{tenths / 10:.1f}%"
+
+
 def markdown_table(path: str) -> str:
     """The records of a sweep file as a Markdown table, one row per (setting, split)."""
     rows = [json.loads(line) for line in open(path) if line.strip()]
@@ -85,7 +93,7 @@ def markdown_table(path: str) -> str:
         cells = [r["base_step"], r.get("base_training_minutes") or "-", base["sampler"], base["steps"]]
         offset = r.get("offset", 0)
         split = f"{r['split']} [{offset}:{offset + r['num']}]" if offset else r["split"]
-        cells += [_weight_cell(base), base["thresholding"], split, r["num"], f"**{r['overall']:.0%}**"]
+        cells += [_weight_cell(base), base["thresholding"], split, r["num"], f"**{_percent(r['overall'])}**"]
         cells += [f"{r['per_kind'].get(k, 0):.0%}" for k in ("single", "pair", "count")]
         cells += [f"{r['per_attribute'][a]:.0%}" if a in r["per_attribute"] else "-" for a in attributes]
         cells.append(f"{r['seconds'] / r['num']:.2f}")
