@@ -230,7 +230,7 @@ def test_sample_without_checkpoints_uses_the_committed_reference(tmp_path):
     assert [s["source"] for s in stages] == list(REFERENCE_STAGES)
     # unnamed settings are each stage's defaults: the reference's best measured setting
     assert [(s["sampler"], s["steps"], s["guidance_weight"], s["thresholding"]) for s in stages] == [
-        ("ddpm", 2, 3.0, "none"),
+        ("ddpm", 2, 4.0, "none"),
         ("ddim", 2, 1.0, "none"),
     ]
     assert [s["guidance_interval"] for s in stages] == [[-4.0, 2.0], [None, None]]
