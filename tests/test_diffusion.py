@@ -148,6 +148,11 @@ def test_classifier_free_guidance_and_thresholding():
     np.testing.assert_allclose(dynamic[1], values[1], rtol=1e-6)  # s = max(1, p) leaves |x| < 1 alone
     static = samplers.threshold(values, samplers.Guidance(thresholding="static"))
     assert float(jnp.abs(static).max()) == 1.0 and float(jnp.abs(dynamic).max()) <= 1.0
+    # Bad settings fail when the Guidance is made, before anything is traced.
+    with pytest.raises(ValueError, match="unknown thresholding 'clip' \\(none, static or dynamic\\)"):
+        samplers.Guidance(thresholding="clip")
+    with pytest.raises(ValueError, match="percentile must be in \\(0, 1\\], got 99.5"):
+        samplers.Guidance(thresholding="dynamic", percentile=99.5)
 
 
 def test_guidance_interval_guides_only_inside_and_skips_the_unconditional_pass_outside():

@@ -289,6 +289,13 @@ def test_sweep_scores_each_setting_and_split_and_tabulates(trained_stages, tmp_p
     assert imagen_sweep.main([*argv[:-1], str(tmp_path / "p.jsonl"), "--percentile", "99.5"]) == 2
     assert "percentile must be in (0, 1], got 99.5" in capsys.readouterr().err
     assert not (tmp_path / "p.jsonl").exists()
+    # Checked before the stages load: a missing --base would otherwise be the error.
+    bad = ["--base", str(tmp_path / "missing"), "--sr", sr, "--out", str(tmp_path / "s.jsonl")]
+    assert imagen_sweep.main([*bad, "--sampler", "ddim,euler"]) == 2
+    assert "unknown sampler 'euler' (choose from ddpm, ddim, dpmpp_2m)" in capsys.readouterr().err
+    assert imagen_sweep.main([*bad, "--thresholding", "clip"]) == 2
+    assert "unknown thresholding 'clip'" in capsys.readouterr().err
+    assert not (tmp_path / "s.jsonl").exists()
     from t2i.cascade import REFERENCE_STAGES
 
     npz = ["--base", REFERENCE_STAGES[0], "--sr", sr, "--base_steps", "2", "--out", str(tmp_path / "y.jsonl")]

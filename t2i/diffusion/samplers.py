@@ -30,6 +30,7 @@ from t2i.diffusion.schedules import alpha_sigma
 # model_fn(x_t [B, ...], logsnr [B], conditioning pytree with batch dim B) -> output
 ModelFn = Callable[[jnp.ndarray, jnp.ndarray, Any], jnp.ndarray]
 SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
+THRESHOLDINGS = ("none", "static", "dynamic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +43,8 @@ class Guidance:
     interval: tuple[float, float] = (-math.inf, math.inf)
 
     def __post_init__(self):
+        if self.thresholding not in THRESHOLDINGS:
+            raise ValueError(f"unknown thresholding '{self.thresholding}' (none, static or dynamic)")
         if not 0.0 < self.percentile <= 1.0:
             raise ValueError(f"the dynamic thresholding percentile must be in (0, 1], got {self.percentile}")
         lo, hi = self.interval
@@ -86,7 +89,7 @@ def threshold(x0: jnp.ndarray, guidance: Guidance) -> jnp.ndarray:
         s = jnp.clip(jnp.quantile(flat, guidance.percentile, axis=1), 1.0, guidance.max_threshold)
         s = _expand(s, x0)
         return jnp.clip(x0, -s, s) / s
-    raise ValueError(f"unknown thresholding '{guidance.thresholding}' (none, static or dynamic)")
+    raise AssertionError(guidance.thresholding)  # Guidance.__post_init__ admits no other
 
 
 def make_denoiser(

@@ -157,6 +157,7 @@ def _sweep(args) -> int:
 
     from t2i.cascade import SR_DEFAULTS, StageSettings, load_stage, run_cascade
     from t2i.cli import split_prompts
+    from t2i.diffusion import samplers
     from t2i.diffusion.samplers import parse_interval
     from t2i.evaluation import shapes_eval
     from t2i.train.logging import save_grid
@@ -168,7 +169,6 @@ def _sweep(args) -> int:
     base_steps = _values(args.base_steps, int) if args.base_steps else [None]
     if args.base_steps and args.base.endswith(".npz"):
         raise UsageError("--base_steps needs a training workdir; an exported .npz holds one step")
-    sr = load_stage(args.sr)
     sr_setting = StageSettings(
         sampler=args.sr_sampler,
         steps=args.sr_steps,
@@ -185,19 +185,28 @@ def _sweep(args) -> int:
             _values(args.guidance_interval, parse_interval),
         )
     )
+    settings = [
+        StageSettings(
+            sampler=sampler,
+            steps=steps,
+            guidance_weight=guidance,
+            thresholding=thresholding,
+            percentile=args.percentile,
+            guidance_interval=interval,
+        )
+        for sampler, steps, guidance, thresholding, interval in grid
+    ]
+    # A bad value fails now, in one line, not after minutes of loading stages and compiling.
+    for setting in [*settings, sr_setting]:
+        setting.guidance()  # thresholding, percentile, interval
+        if setting.sampler not in samplers.SAMPLERS:
+            raise UsageError(f"unknown sampler '{setting.sampler}' (choose from {', '.join(samplers.SAMPLERS)})")
+    sr = load_stage(args.sr)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     for base_step in base_steps:
         base = load_stage(args.base, base_step)
         minutes = None if args.base.endswith(".npz") else _training_minutes(args.base, base.step)
-        for sampler, steps, guidance, thresholding, interval in grid:
-            setting = StageSettings(
-                sampler=sampler,
-                steps=steps,
-                guidance_weight=guidance,
-                thresholding=thresholding,
-                percentile=args.percentile,
-                guidance_interval=interval,
-            )
+        for (sampler, steps, guidance, thresholding, interval), setting in zip(grid, settings):
             for split in splits:
                 start = time.perf_counter()
                 images = run_cascade([base, sr], [setting, sr_setting], prompts[split], args.seed, args.batch_size)
