@@ -50,9 +50,10 @@ class StageSettings:
 
 
 # What a stage samples with when the command line names nothing: the reference Shapes
-# cascade's best measured setting (docs/results.md, "The third fine-tune": guidance 4,
-# 88.5% / 84.5% on test / heldout over 200 captions each, against 88% / 82.5% at 3;
-# 86.5% and 88% on test at 2 and 5). The base is guided, but only at
+# cascade's best measured setting (docs/results.md, "The fourth fine-tune": guidance 4,
+# 93% / 91% on test / heldout over 200 captions each, against 95% / 87% at 3 and
+# 93.5% / 91% at 5 (4 and 5 one caption of 400 apart); chosen on the third fine-tune, where
+# it was best on test and above 3 on heldout). The base is guided, but only at
 # log-SNR -4..2: unguided at the noisiest steps its counts come out right far more
 # often, and unguided at the last ones it loses nothing and saves their unconditional
 # pass. A super-resolution stage is not guided (guidance 1 skips the unconditional
