@@ -149,7 +149,7 @@ def test_classifier_free_guidance_and_thresholding():
     static = samplers.threshold(values, samplers.Guidance(thresholding="static"))
     assert float(jnp.abs(static).max()) == 1.0 and float(jnp.abs(dynamic).max()) <= 1.0
     # Bad settings fail when the Guidance is made, before anything is traced.
-    with pytest.raises(ValueError, match="unknown thresholding 'clip' \\(none, static or dynamic\\)"):
+    with pytest.raises(ValueError, match="unknown thresholding 'clip' \\(choose from none, static, dynamic\\)"):
         samplers.Guidance(thresholding="clip")
     with pytest.raises(ValueError, match="percentile must be in \\(0, 1\\], got 99.5"):
         samplers.Guidance(thresholding="dynamic", percentile=99.5)

@@ -33,6 +33,12 @@ SAMPLERS = ("ddpm", "ddim", "dpmpp_2m")
 THRESHOLDINGS = ("none", "static", "dynamic")
 
 
+def check_sampler(sampler: str) -> None:
+    """Raises ValueError naming the choices unless `sampler` is one of SAMPLERS."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
+
+
 @dataclasses.dataclass(frozen=True)
 class Guidance:
     weight: float = 1.0  # classifier-free guidance w; 1 = conditional only
@@ -44,7 +50,7 @@ class Guidance:
 
     def __post_init__(self):
         if self.thresholding not in THRESHOLDINGS:
-            raise ValueError(f"unknown thresholding '{self.thresholding}' (none, static or dynamic)")
+            raise ValueError(f"unknown thresholding '{self.thresholding}' (choose from {', '.join(THRESHOLDINGS)})")
         if not 0.0 < self.percentile <= 1.0:
             raise ValueError(f"the dynamic thresholding percentile must be in (0, 1], got {self.percentile}")
         lo, hi = self.interval
@@ -238,5 +244,5 @@ def sample(
 
         x, (xs, x0s) = jax.lax.scan(body, x_init, jnp.arange(grid.shape[0] - 1))
     else:
-        raise ValueError(f"unknown sampler '{sampler}' (choose from {', '.join(SAMPLERS)})")
+        check_sampler(sampler)  # raises: no branch above took this name
     return (x, {"samples": xs, "x0": x0s}) if return_trajectory else x

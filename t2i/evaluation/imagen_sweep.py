@@ -199,8 +199,7 @@ def _sweep(args) -> int:
     # A bad value fails now, in one line, not after minutes of loading stages and compiling.
     for setting in [*settings, sr_setting]:
         setting.guidance()  # thresholding, percentile, interval
-        if setting.sampler not in samplers.SAMPLERS:
-            raise UsageError(f"unknown sampler '{setting.sampler}' (choose from {', '.join(samplers.SAMPLERS)})")
+        samplers.check_sampler(setting.sampler)
     sr = load_stage(args.sr)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     for base_step in base_steps:
