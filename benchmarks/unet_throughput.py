@@ -6,9 +6,12 @@ The configuration is imagen-pytorch's `Unet(dim=64, dim_mults=(1, 2, 4),
 num_resnet_blocks=2, layer_attns=(False, False, True), layer_cross_attns=(False, True,
 True), attn_heads=4, attn_dim_head=32)`, 32x32 images, batch 16, 16 text tokens of
 width 384, fp32, Adam, one denoising loss step. Both sides time the same number of
-steps after warm-up and report the median images per second; imagen-pytorch runs in a
-subprocess of `--torch_python` (a venv with torch and imagen-pytorch; it needs no
-weights: its T5 look-up is answered offline by passing text embeddings directly).
+steps after warm-up and report the median images per second. The steps alternate (t2i,
+then imagen-pytorch, then t2i...), never overlapping: the shared machine's speed drifts
+by 20% within a minute, and alternating puts both sides under the same drift, so their
+ratio is steadier than either number. imagen-pytorch runs in a subprocess of
+`--torch_python` (a venv with torch and imagen-pytorch; it needs no weights: its T5
+look-up is answered offline by passing text embeddings directly).
 Results go in docs/benchmarks.md.
 
 On a machine with a GPU both sides run on it (JAX's default backend; torch's "cuda"):
@@ -24,9 +27,11 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 SIZE, TOKENS, WIDTH = 32, 16, 384
@@ -34,8 +39,8 @@ SIZE, TOKENS, WIDTH = 32, 16, 384
 TORCH_SIDE = r"""
 import json, statistics, sys, time, types
 import torch
-torch.set_num_threads(int(sys.argv[2]))
-BATCH, BF16 = int(sys.argv[3]), sys.argv[4] == "bfloat16"
+torch.set_num_threads(int(sys.argv[1]))
+BATCH, BF16 = int(sys.argv[2]), sys.argv[3] == "bfloat16"
 device = "cuda" if torch.cuda.is_available() else "cpu"
 sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 # imagen-pytorch imports torchvision.transforms for its data augmentation only; PyPI's
@@ -69,23 +74,30 @@ def step():
         out = unet(x, t, text_embeds=text, text_mask=mask)
         loss = torch.nn.functional.mse_loss(out.float(), x)
     loss.backward(); opt.step(); sync()
-for _ in range(3): step()
-times = []
-for _ in range(int(sys.argv[1])):
-    start = time.perf_counter(); step(); times.append(time.perf_counter() - start)
+# Driven step by step by the parent (one line in, one line out), so that its steps
+# alternate with t2i's in time and a machine whose speed drifts slows both sides alike.
+print("ready", flush=True)
+for line in sys.stdin:
+    if line.strip() != "step":
+        break
+    start = time.perf_counter(); step()
+    print("step_seconds", time.perf_counter() - start, flush=True)
 params = sum(p.numel() for p in unet.parameters())
 from torch.utils.flop_counter import FlopCounterMode
 with FlopCounterMode(display=False) as counter:  # one more step, counted, not timed
     step()
-print(json.dumps({"images_per_second": BATCH / statistics.median(times), "parameters": params, "device": device,
-                  "gflop_per_step": counter.get_total_flops() / 1e9}))
+print(json.dumps({"parameters": params, "device": device, "gflop_per_step": counter.get_total_flops() / 1e9}))
 """
 
 
-def t2i_side(steps: int, batch: int, dtype: str, modes: list[str], profile_dir: str = "") -> dict:
-    """Times one training step per kernel-gradient mode (t2i/models/conv.py: "auto" is
-    what t2i trains with, "xla" is XLA's own convolution gradient), steps interleaved so
-    that a noisy machine slows every mode alike. Returns {mode: result}."""
+def t2i_side(
+    steps: int, batch: int, dtype: str, modes: list[str], profile_dir: str = "", block: int = 5, other_block=None
+) -> dict:
+    """Times the training step per kernel-gradient mode (t2i/models/conv.py: "auto" is
+    what t2i trains with, "xla" is XLA's own convolution gradient) in alternating
+    blocks of `block` steps, so that a noisy machine slows every mode alike;
+    `other_block(warm, block)`, if given, runs after each round (imagen-pytorch's
+    steps, so they alternate too). Returns {mode: result}."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -148,14 +160,23 @@ def t2i_side(steps: int, batch: int, dtype: str, modes: list[str], profile_dir: 
     for mode in modes:
         lowered, state = lower(mode)
         runs[mode] = {"fn": lowered.compile(), "state": state, "times": []}
-    for i in range(3 + steps):
+    # Rounds of `block` timed steps per mode, then the other side's block: each block
+    # starts with untimed steps (3 in the first round, compilation's warm-up; 1 after,
+    # the cost of switching back from the other side).
+    count = 0
+    for round_index in range(-(-steps // block)):
+        warm = 3 if round_index == 0 else 1
         for run in runs.values():
-            start = time.perf_counter()
-            params, opt_state, loss = run["fn"](*run["state"], jax.random.fold_in(rng, i))
-            jax.block_until_ready(loss)
-            run["state"] = (params, opt_state)
-            if i >= 3:  # warm-up
-                run["times"].append(time.perf_counter() - start)
+            for i in range(warm + block):
+                start = time.perf_counter()
+                params, opt_state, loss = run["fn"](*run["state"], jax.random.fold_in(rng, count))
+                jax.block_until_ready(loss)
+                count += 1
+                run["state"] = (params, opt_state)
+                if i >= warm:
+                    run["times"].append(time.perf_counter() - start)
+        if other_block is not None:
+            other_block(warm, block)
     if profile_dir:
         first = runs[modes[0]]
 
@@ -172,6 +193,7 @@ def t2i_side(steps: int, batch: int, dtype: str, modes: list[str], profile_dir: 
         results[mode] = {
             "device": device,
             "median_step_seconds": statistics.median(run["times"]),
+            "step_seconds": run["times"],
             "images_per_second": batch / statistics.median(run["times"]),
             "parameters": int(sum(np.prod(x.shape) for x in jax.tree.leaves(params))),
             "gflop_per_step": gflop,
@@ -228,6 +250,60 @@ def profile_by_op_kind(compiled, run_step, out_dir: str, steps: int = 3) -> None
         print(f"  {kind:<32}{value:8.3f}")
 
 
+class TorchSide:
+    """imagen-pytorch's step in a subprocess of `torch_python`, run in blocks of steps."""
+
+    def __init__(self, torch_python: str, threads: int, batch: int, dtype: str):
+        self.batch = batch
+        self.times: list[float] = []
+        self.stderr = tempfile.TemporaryFile("w+")  # a file, not a pipe: a full pipe would block it
+        self.process = subprocess.Popen(
+            [torch_python, "-c", TORCH_SIDE, str(threads), str(batch), dtype],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+        )
+        self._read_line("ready")
+        os.kill(self.process.pid, signal.SIGSTOP)  # until its first block
+
+    def _read_line(self, prefix: str) -> str:
+        line = self.process.stdout.readline()
+        while line and not line.startswith(prefix):  # imagen-pytorch prints advice too
+            line = self.process.stdout.readline()
+        if not line:
+            self._fail()
+        return line
+
+    def _fail(self) -> None:
+        self.process.wait()
+        self.stderr.seek(0)
+        print("imagen-pytorch failed:\n" + self.stderr.read()[-2000:], file=sys.stderr)
+        sys.exit(1)
+
+    def run_block(self, warm: int, block: int) -> None:
+        """`warm` untimed steps, then `block` timed ones."""
+        os.kill(self.process.pid, signal.SIGCONT)
+        for i in range(warm + block):
+            self.process.stdin.write("step\n")
+            self.process.stdin.flush()
+            line = self._read_line("step_seconds ")
+            if i >= warm:
+                self.times.append(float(line.split()[1]))
+        # Frozen between its blocks: torch's idle worker threads spin on both cores
+        # (measured: 2 CPU-seconds per idle second), which would slow t2i's steps.
+        os.kill(self.process.pid, signal.SIGSTOP)
+
+    def finish(self) -> dict:
+        os.kill(self.process.pid, signal.SIGCONT)
+        out, _ = self.process.communicate("done\n")
+        if self.process.returncode != 0:
+            self._fail()
+        result = json.loads(out.strip().splitlines()[-1])
+        result["images_per_second"] = self.batch / statistics.median(self.times)
+        return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
@@ -240,10 +316,18 @@ def main() -> None:
         default="auto,xla",
         help="t2i kernel-gradient modes to time, comma-separated (t2i/models/conv.py); the first is t2i's row",
     )
+    parser.add_argument("--block", type=int, default=5, help="steps per side before switching to the other")
     parser.add_argument("--profile", default="", help="a directory: also profile t2i's first mode there")
     args = parser.parse_args()
     modes = args.conv_kernel_grad.split(",")
-    results = t2i_side(args.steps, args.batch, args.dtype, modes, args.profile)
+    torch_python = shutil.which(args.torch_python)  # a path, or a name on PATH ("python3")
+    torch_side = None
+    if torch_python is None:
+        print(f"imagen-pytorch: skipped ({args.torch_python} not found)")
+    else:
+        torch_side = TorchSide(torch_python, args.threads, args.batch, args.dtype)
+    other_block = torch_side.run_block if torch_side else None
+    results = t2i_side(args.steps, args.batch, args.dtype, modes, args.profile, args.block, other_block)
     for mode, ours in results.items():
         tflops = ours["gflop_per_step"] / ours["median_step_seconds"] / 1e3 if ours["gflop_per_step"] else float("nan")
         print(
@@ -255,19 +339,9 @@ def main() -> None:
     if len(modes) > 1:
         base = results[modes[1]]
         print(f"t2i {modes[0]} / {modes[1]}: {ours['images_per_second'] / base['images_per_second']:.2f}x")
-    torch_python = shutil.which(args.torch_python)  # a path, or a name on PATH ("python3")
-    if torch_python is None:
-        print(f"imagen-pytorch: skipped ({args.torch_python} not found)")
+    if torch_side is None:
         return
-    result = subprocess.run(
-        [torch_python, "-c", TORCH_SIDE, str(args.steps), str(args.threads), str(args.batch), args.dtype],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        print("imagen-pytorch failed:\n" + result.stderr[-2000:], file=sys.stderr)
-        sys.exit(1)
-    theirs = json.loads(result.stdout.strip().splitlines()[-1])
+    theirs = torch_side.finish()
     print(
         f"[{theirs['device']}] imagen-pytorch Unet: {theirs['images_per_second']:.2f} images/s, "
         f"{theirs['parameters'] / 1e6:.2f}M params, {theirs['gflop_per_step']:.1f} GFLOP/step (torch's count)"
