@@ -164,10 +164,11 @@ def t2i_side(
     # starts with untimed steps (3 in the first round, compilation's warm-up; 1 after,
     # the cost of switching back from the other side).
     count = 0
-    for round_index in range(-(-steps // block)):
+    for round_index, start_step in enumerate(range(0, steps, block)):
         warm = 3 if round_index == 0 else 1
+        timed = min(block, steps - start_step)
         for run in runs.values():
-            for i in range(warm + block):
+            for i in range(warm + timed):
                 start = time.perf_counter()
                 params, opt_state, loss = run["fn"](*run["state"], jax.random.fold_in(rng, count))
                 jax.block_until_ready(loss)
@@ -176,7 +177,7 @@ def t2i_side(
                 if i >= warm:
                     run["times"].append(time.perf_counter() - start)
         if other_block is not None:
-            other_block(warm, block)
+            other_block(warm, timed)
     if profile_dir:
         first = runs[modes[0]]
 
