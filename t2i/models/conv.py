@@ -145,14 +145,14 @@ def banded_kernel_gradient(x, dy, kernel_shape, strides, padding):
     rows = band_rows(batch, out_h, out_w * kh * kw * cin * x.dtype.itemsize)
     num_bands = out_h // rows
     in_rows = (rows - 1) * sh + kh  # input rows one band of output rows reads
-    dy_bands = dy.reshape(batch, num_bands, rows, out_w, cout).swapaxes(0, 1)
 
-    def band(dw, inputs):
-        index, dyb = inputs
-        # The band's input rows, sliced inside the loop: stacking the overlapping row
-        # windows up front was a copy of the input per convolution, 3-6% of a U-Net step
-        # on XLA:CPU (docs/benchmarks.md).
+    def band(dw, index):
+        # The band's rows of the input and of dy, sliced inside the loop: stacking the
+        # overlapping input windows up front was a copy of the input per convolution,
+        # 3-6% of a U-Net step on XLA:CPU, and putting dy's bands first a transposed
+        # copy of dy (docs/benchmarks.md).
         xb = lax.dynamic_slice_in_dim(xp, index * rows * sh, in_rows, axis=1)
+        dyb = lax.dynamic_slice_in_dim(dy, index * rows, rows, axis=1)
         patches = jnp.concatenate(
             [
                 xb[:, i : i + (rows - 1) * sh + 1 : sh, j : j + (out_w - 1) * sw + 1 : sw, :]
@@ -164,5 +164,5 @@ def banded_kernel_gradient(x, dy, kernel_shape, strides, padding):
         product = jnp.matmul(patches.T, dyb.reshape(-1, cout), preferred_element_type=jnp.float32)
         return dw + product, None
 
-    dw, _ = lax.scan(band, jnp.zeros((kh * kw * cin, cout), jnp.float32), (jnp.arange(num_bands), dy_bands))
+    dw, _ = lax.scan(band, jnp.zeros((kh * kw * cin, cout), jnp.float32), jnp.arange(num_bands))
     return dw.reshape(kernel_shape)
