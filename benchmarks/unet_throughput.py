@@ -24,6 +24,7 @@ an MFU estimate there takes the CPU run's count (docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shutil
@@ -265,6 +266,8 @@ class TorchSide:
             stderr=self.stderr,
             text=True,
         )
+        # A frozen child outlives its parent: make sure an error on t2i's side ends it.
+        atexit.register(self.process.kill)
         self._read_line("ready")
         os.kill(self.process.pid, signal.SIGSTOP)  # until its first block
 
