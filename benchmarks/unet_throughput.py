@@ -6,9 +6,9 @@ The configuration is imagen-pytorch's `Unet(dim=64, dim_mults=(1, 2, 4),
 num_resnet_blocks=2, layer_attns=(False, False, True), layer_cross_attns=(False, True,
 True), attn_heads=4, attn_dim_head=32)`, 32x32 images, batch 16, 16 text tokens of
 width 384, fp32, Adam, one denoising loss step. Both sides time the same number of
-steps after warm-up and report the median images per second. The steps alternate (t2i,
-then imagen-pytorch, then t2i...), never overlapping: the shared machine's speed drifts
-by 20% within a minute, and alternating puts both sides under the same drift, so their
+steps after warm-up and report the median images per second. The two sides take turns
+in blocks of `--block` steps, never overlapping: the shared machine's speed drifts by
+20% within minutes, and taking turns puts both sides under the same drift, so their
 ratio is steadier than either number. imagen-pytorch runs in a subprocess of
 `--torch_python` (a venv with torch and imagen-pytorch; it needs no weights: its T5
 look-up is answered offline by passing text embeddings directly).
@@ -38,7 +38,7 @@ import time
 SIZE, TOKENS, WIDTH = 32, 16, 384
 
 TORCH_SIDE = r"""
-import json, statistics, sys, time, types
+import json, sys, time, types
 import torch
 torch.set_num_threads(int(sys.argv[1]))
 BATCH, BF16 = int(sys.argv[2]), sys.argv[3] == "bfloat16"
@@ -75,8 +75,8 @@ def step():
         out = unet(x, t, text_embeds=text, text_mask=mask)
         loss = torch.nn.functional.mse_loss(out.float(), x)
     loss.backward(); opt.step(); sync()
-# Driven step by step by the parent (one line in, one line out), so that its steps
-# alternate with t2i's in time and a machine whose speed drifts slows both sides alike.
+# Driven by the parent one step per line in, one line out, so that its blocks of steps
+# take turns with t2i's and a machine whose speed drifts slows both sides alike.
 print("ready", flush=True)
 for line in sys.stdin:
     if line.strip() != "step":
