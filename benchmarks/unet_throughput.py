@@ -94,8 +94,9 @@ print(json.dumps({"parameters": params, "device": device, "gflop_per_step": coun
 def t2i_side(
     steps: int, batch: int, dtype: str, modes: list[str], profile_dir: str = "", block: int = 5, other_block=None
 ) -> dict:
-    """Times the training step per kernel-gradient mode (t2i/models/conv.py: "auto" is
-    what t2i trains with, "xla" is XLA's own convolution gradient) in alternating
+    """Times the training step per convolution mode (t2i/models/conv.py: "auto" is
+    what t2i trains with, "banded" leaves out Winograd's 3x3 convolutions, "xla" is
+    XLA's own convolution and gradients) in alternating
     blocks of `block` steps, so that a noisy machine slows every mode alike;
     `other_block(warm, block)`, if given, runs after each round (imagen-pytorch's
     steps, so they alternate too). Returns {mode: result}."""
@@ -142,13 +143,13 @@ def t2i_side(
 
     def lower(mode):
         # The mode is read when the step is traced (t2i/models/conv.py).
-        os.environ["T2I_CONV_KERNEL_GRAD"] = mode
+        os.environ["T2I_CONV"] = mode
         try:
             params = unet.init(rng, x0, jnp.zeros(batch), text, mask)
             opt_state = tx.init(params)
             return jax.jit(make_step(), donate_argnums=(0, 1)).lower(params, opt_state, rng), (params, opt_state)
         finally:
-            os.environ.pop("T2I_CONV_KERNEL_GRAD")
+            os.environ.pop("T2I_CONV")
 
     # The model's FLOPs: XLA's count of the lowered program in "xla" mode (on XLA:CPU it
     # equals the compiled count; the banded gradient's scan body would be counted once).
@@ -316,14 +317,15 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument(
-        "--conv_kernel_grad",
+        "--conv",
         default="auto,xla",
-        help="t2i kernel-gradient modes to time, comma-separated (t2i/models/conv.py); the first is t2i's row",
+        help="t2i convolution modes to time, comma-separated (auto, banded, xla: t2i/models/conv.py); "
+        "the first is t2i's row",
     )
     parser.add_argument("--block", type=int, default=5, help="steps per side before switching to the other")
     parser.add_argument("--profile", default="", help="a directory: also profile t2i's first mode there")
     args = parser.parse_args()
-    modes = args.conv_kernel_grad.split(",")
+    modes = args.conv.split(",")
     torch_python = shutil.which(args.torch_python)  # a path, or a name on PATH ("python3")
     torch_side = None
     if torch_python is None:
@@ -335,7 +337,7 @@ def main() -> None:
     for mode, ours in results.items():
         tflops = ours["gflop_per_step"] / ours["median_step_seconds"] / 1e3 if ours["gflop_per_step"] else float("nan")
         print(
-            f"[{ours['device']}, batch {args.batch}, {args.dtype}] t2i EfficientUNet (kernel grad: {mode}): "
+            f"[{ours['device']}, batch {args.batch}, {args.dtype}] t2i EfficientUNet (conv: {mode}): "
             f"{ours['images_per_second']:.2f} images/s, {ours['parameters'] / 1e6:.2f}M params, "
             f"{ours['gflop_per_step'] or float('nan'):.1f} GFLOP/step, {tflops:.2f} TFLOP/s achieved"
         )

@@ -1,24 +1,31 @@
-"""A drop-in `lax.conv_general_dilated` whose kernel gradient is fast on XLA:CPU.
+"""A drop-in `lax.conv_general_dilated` that is fast on XLA:CPU.
 
 Why: on the project's 2-core CPU, XLA's gradient of a 3x3 convolution with respect to
 its *kernel* costs about 3x PyTorch's (docs/benchmarks.md, "One convolution's
-gradients"), and it dominates a U-Net training step. The forward pass and the input
-gradient are on par, so only the kernel gradient is replaced.
+gradients"), and convolutions dominate a U-Net training step.
 
-How: the kernel gradient of a k x k convolution is one matrix product,
-dW[(i, j, c), o] = sum over output pixels p of x_patch[p, (i, j, c)] * dy[p, o].
-Materialising every patch of the batch at once (im2col) writes k*k times the input,
-tens of MB for a 32x32 batch, which overflows the last-level cache and runs at memory
-speed. So the product runs over bands of output rows (`lax.scan`), each band's patches
-a few MB, accumulating dW in the scan's carry. Banding over rows, not over the batch,
-leaves a batch-sharded input sharded (no gather on a data-parallel mesh).
+What runs on CPU:
+- float32 3x3 stride-1 "SAME" convolutions of at least 8x8 outputs (every 3x3 layer of
+  the U-Nets but the smallest) take Winograd's F(4x4, 3x3) (t2i/models/winograd.py):
+  a quarter of the multiply-adds in the forward pass and both gradients, 1.4-2.3x
+  XLA's convolution with the banded kernel gradient below, per layer.
+- every other plain convolution keeps XLA's forward pass and input gradient, which are
+  on par with PyTorch, and replaces only the kernel gradient by a banded matrix product.
+  The kernel gradient of a k x k convolution is one matrix product,
+  dW[(i, j, c), o] = sum over output pixels p of x_patch[p, (i, j, c)] * dy[p, o].
+  Materialising every patch of the batch at once (im2col) writes k*k times the input,
+  tens of MB for a 32x32 batch, which overflows the last-level cache and runs at memory
+  speed. So the product runs over bands of output rows (`lax.scan`), each band's patches
+  a few MB, accumulating dW in the scan's carry. Banding over rows, not over the batch,
+  leaves a batch-sharded input sharded (no gather on a data-parallel mesh).
 
-Where: `lax.platform_dependent` picks the banded product when the program is lowered for
-CPU and XLA's own gradient everywhere else (GPU, TPU, and TPU programs compiled ahead of
-time on a CPU host). `T2I_CONV_KERNEL_GRAD=xla` forces XLA's gradient on CPU too, for
-A/B measurements (`benchmarks/unet_throughput.py --conv_kernel_grad xla`). Only
-2-D NHWC/HWIO convolutions without dilation or feature groups take this path; any
-other call is `lax.conv_general_dilated` unchanged.
+Where: `lax.platform_dependent` picks these when the program is lowered for CPU and
+XLA's own convolution everywhere else (GPU, TPU, and TPU programs compiled ahead of time
+on a CPU host). `T2I_CONV` chooses on CPU, for A/B measurements
+(`benchmarks/unet_throughput.py --conv auto,banded,xla`): `auto` (the default) as
+above, `banded` without Winograd, `xla` XLA's convolution and gradients. Only 2-D
+NHWC/HWIO convolutions without dilation or feature groups take these paths; any other
+call is `lax.conv_general_dilated` unchanged.
 """
 
 from __future__ import annotations
@@ -31,6 +38,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from t2i.models import winograd
+
 # Patch bytes per band: small enough to stay in the 32 MiB L3 of the reference machine
 # with the band's dy and the product's workspace beside it (4 MiB measured fastest of
 # 1-16 MiB on the 64-channel 32x32 convolution).
@@ -38,10 +47,13 @@ BAND_BYTES = 4 << 20
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def _kernel_grad_mode() -> str:
-    mode = os.environ.get("T2I_CONV_KERNEL_GRAD", "auto")
-    if mode not in ("auto", "xla"):
-        raise ValueError(f"T2I_CONV_KERNEL_GRAD must be 'auto' or 'xla', got {mode!r}")
+MODES = ("auto", "banded", "xla")
+
+
+def _mode() -> str:
+    mode = os.environ.get("T2I_CONV", "auto")
+    if mode not in MODES:
+        raise ValueError(f"T2I_CONV must be one of {', '.join(MODES)}, got {mode!r}")
     return mode
 
 
@@ -76,7 +88,8 @@ def conv_general_dilated(
         and batch_group_count == 1
         and preferred_element_type is None
     )
-    if not plain or _kernel_grad_mode() == "xla":
+    mode = _mode()
+    if not plain or mode == "xla":
         return lax.conv_general_dilated(
             lhs,
             rhs,
@@ -92,7 +105,25 @@ def conv_general_dilated(
         )
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
-    return _conv(lhs, rhs, tuple(window_strides), tuple(tuple(p) for p in padding), precision)
+    strides, padding = tuple(window_strides), tuple(tuple(p) for p in padding)
+    if mode == "auto" and _winograd_applies(lhs, rhs, strides, padding):
+        return lax.platform_dependent(
+            lhs,
+            rhs,
+            cpu=winograd.conv3x3,
+            default=lambda x, w: _xla_conv(x, w, strides, padding, precision),
+        )
+    return _conv(lhs, rhs, strides, padding, precision)
+
+
+def _winograd_applies(x, w, strides, padding) -> bool:
+    return (
+        w.shape[:2] == (3, 3)
+        and strides == (1, 1)
+        and padding == ((1, 1), (1, 1))
+        and x.dtype == w.dtype == jnp.float32
+        and min(x.shape[1:3]) >= winograd.MIN_SIDE
+    )
 
 
 def _xla_conv(x, w, strides, padding, precision):
@@ -116,7 +147,8 @@ def _conv_bwd(strides, padding, precision, residuals, dy):
         return jax.vjp(lambda w: _xla_conv(x, w, strides, padding, precision), w)[1](dy)[0]
 
     def banded_kernel_grad(x, dy):
-        return banded_kernel_gradient(x, dy, w.shape, strides, padding)
+        # In w's dtype, as XLA's branch is (platform_dependent's branches must agree).
+        return banded_kernel_gradient(x, dy, w.shape, strides, padding).astype(w.dtype)
 
     dw = lax.platform_dependent(x, dy, cpu=banded_kernel_grad, default=xla_kernel_grad)
     return dx, dw.astype(w.dtype)
