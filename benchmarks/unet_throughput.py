@@ -339,7 +339,8 @@ def main() -> None:
         print(
             f"[{ours['device']}, batch {args.batch}, {args.dtype}] t2i EfficientUNet (conv: {mode}): "
             f"{ours['images_per_second']:.2f} images/s, {ours['parameters'] / 1e6:.2f}M params, "
-            f"{ours['gflop_per_step'] or float('nan'):.1f} GFLOP/step, {tflops:.2f} TFLOP/s achieved"
+            f"{ours['gflop_per_step'] or float('nan'):.1f} GFLOP/step, {tflops:.2f} TFLOP/s achieved "
+            "(FLOPs of direct convolutions; Winograd's do fewer)"
         )
     ours = results[modes[0]]
     if len(modes) > 1:

@@ -66,7 +66,8 @@ A_T = np.array(
 )
 OUT, IN = A_T.shape  # 4x4 output tiles from 6x6 input tiles
 # Below this many output rows or columns the tiles are mostly padding: at 4x4 the
-# Winograd form measured 0.8x XLA's convolution, at 8x8 1.4-1.9x.
+# Winograd form measured 0.8x XLA's convolution with the banded kernel gradient (forward
+# + both gradients), at 8x8 1.6-2.1x (benchmarks/conv_gradients.py).
 MIN_SIDE = 8
 
 
