@@ -19,6 +19,13 @@ def _grads(fn, x, w, dy):
     return (out, *vjp(dy))
 
 
+def _assert_close(got, want, tolerance):
+    """Output, dx and dw each within `tolerance` of the reference's largest value."""
+    for name, a, b in zip(("output", "dx", "dw"), got, want):
+        scale = float(jnp.abs(b).max())
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=tolerance * scale, rtol=0, err_msg=name)
+
+
 def _cases():
     # (batch, side, in, out, kernel, stride): odd sides and strides exercise the
     # padding and band arithmetic; 1x1 is the residual blocks' skip projection. The 3x3
@@ -50,10 +57,7 @@ def test_values_and_gradients_match_xla(batch, side, cin, cout, k, stride):
 
     dy = jnp.asarray(rng.randn(*xla(x, w).shape), jnp.float32)
     got = jax.jit(lambda x, w, dy: _grads(ours, x, w, dy))(x, w, dy)
-    want = _grads(xla, x, w, dy)
-    for name, a, b in zip(("output", "dx", "dw"), got, want):
-        scale = float(jnp.abs(b).max())
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5 * scale, rtol=0, err_msg=name)
+    _assert_close(got, _grads(xla, x, w, dy), 1e-5)
 
 
 def _exported(kernel, side, platform, dtype=jnp.float32):
@@ -148,6 +152,4 @@ def test_winograd_rectangular_wide_layer():
     dy = jnp.asarray(rng.randn(2, 12, 21, 32), jnp.float32)
     got = jax.jit(lambda x, w, dy: _grads(winograd.conv3x3, x, w, dy))(x, w, dy)
     want = _grads(lambda x, w: lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=NHWC), x, w, dy)
-    for name, a, b in zip(("output", "dx", "dw"), got, want):
-        scale = float(jnp.abs(b).max())
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=3e-5 * scale, rtol=0, err_msg=name)
+    _assert_close(got, want, 3e-5)

@@ -101,13 +101,13 @@ def _taps(x, axis: int, tiles: int):
     for i in range(IN):
         first = 1 if i == 0 else 0  # tile 0's tap 0 is the padding row
         last = min(tiles - 1, (size - i) // OUT)  # the last tile whose tap i is inside x
-        pad = [(0, 0)] * x.ndim
         if last < first:
             shape = list(x.shape)
             shape[axis] = tiles
             taps.append(jnp.zeros(shape, x.dtype))
             continue
         piece = lax.slice_in_dim(x, OUT * first + i - 1, OUT * last + i, stride=OUT, axis=axis)
+        pad = [(0, 0)] * x.ndim
         pad[axis] = (first, tiles - 1 - last)
         taps.append(jnp.pad(piece, pad))
     return taps
@@ -192,8 +192,7 @@ def output_transform_transpose(dy):
 @jax.custom_vjp
 def conv3x3(x, kernel):
     """`lax.conv_general_dilated(x, kernel, (1, 1), ((1, 1), (1, 1)))`, NHWC/HWIO."""
-    v = input_transform(x)
-    return output_transform(jnp.matmul(v, kernel_transform(kernel)), x.shape)
+    return _forward(x, kernel)[0]
 
 
 def _forward(x, kernel):
