@@ -96,8 +96,8 @@ def t2i_side(
 ) -> dict:
     """Times the training step per convolution mode (t2i/models/conv.py: "auto" is
     what t2i trains with, "banded" leaves out Winograd's 3x3 convolutions, "xla" is
-    XLA's own convolution and gradients) in alternating
-    blocks of `block` steps, so that a noisy machine slows every mode alike;
+    XLA's own convolution and gradients) in alternating blocks of `block` steps, so
+    that a noisy machine slows every mode alike;
     `other_block(warm, block)`, if given, runs after each round (imagen-pytorch's
     steps, so they alternate too). Returns {mode: result}."""
     import jax
