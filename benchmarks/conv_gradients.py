@@ -60,7 +60,7 @@ def jax_side(shape: str) -> dict:
     import jax
     import numpy as np
 
-    from t2i.models import conv as t2i_conv
+    from t2i.nn import conv as t2i_conv
 
     batch, side, cin, cout = map(int, shape.split("x"))
     rng = np.random.RandomState(0)

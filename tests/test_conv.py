@@ -9,7 +9,7 @@ from jax import lax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from t2i.models import conv
+from t2i.nn import conv
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -144,7 +144,7 @@ def test_band_rows():
 def test_winograd_rectangular_wide_layer():
     """A non-square input at the U-Net's channel width, where the transforms'
     constants (up to 8 and 1/24) cost the most accuracy: within 3e-5 of the scale."""
-    from t2i.models import winograd
+    from t2i.nn import winograd
 
     rng = np.random.RandomState(2)
     x = jnp.asarray(rng.randn(2, 12, 21, 64), jnp.float32)

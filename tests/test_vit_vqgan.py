@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t2i.models import transformer, vit_vqgan
+from t2i.models import vit_vqgan
+from t2i.nn import transformer
+from t2i.nn.attention import key_mask
 from t2i.parallel.partitioning import strip_boxes
 
 
@@ -75,10 +77,10 @@ def test_sincos_positions_are_distinct_and_bounded():
 
 
 def test_attention_mask_hides_keys():
-    attention = transformer.MultiHeadAttention(heads=2, head_dim=4)
+    attention = transformer.MultiHeadAttention(heads=2, head_dim=4, cross=True)
     x = jax.random.normal(jax.random.key(0), (1, 3, 8))
     params = attention.init(jax.random.key(1), x, x)
-    mask = jnp.array([[[True, True, False]] * 3])
+    mask = key_mask(jnp.array([[True, True, False]]))
     changed = x.at[:, 2].set(100.0)
     np.testing.assert_allclose(
         attention.apply(params, x, x, mask), attention.apply(params, x, changed, mask), rtol=1e-5, atol=1e-5

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t2i.data import shapes
-from t2i.models.layers import Conv, GroupNorm, ResBlock
+from t2i.nn.layers import Conv, GroupNorm, ResBlock
 
 NUM_COLORS = len(shapes.COLORS)
 NUM_SHAPES = len(shapes.SHAPES)

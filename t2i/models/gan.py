@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t2i.models.layers import Conv, Dense
+from t2i.nn.layers import Conv, Dense
 
 Dtype = Any
 

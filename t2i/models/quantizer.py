@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from t2i.models.layers import Dense, named
+from t2i.nn.layers import Dense, named
 
 Dtype = Any
 

@@ -26,11 +26,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t2i.models.layers import Conv, Dense, GroupNorm, NamedProjection, named
+from t2i.nn.attention import dot_product_attention, key_mask
+from t2i.nn.layers import ACTIVATION_IMAGE, ACTIVATION_TOKENS, Conv, Dense, GroupNorm, NamedProjection, named
 
 Dtype = Any
-ACTIVATION_IMAGE = ("activation_batch", "activation_height", "activation_width", "activation_channels")
-ACTIVATION_TOKENS = ("activation_batch", "activation_length", "activation_embed")
 
 
 def logsnr_embedding(logsnr: jax.Array, dim: int) -> jax.Array:
@@ -98,15 +97,13 @@ class Attention(nn.Module):
         )
         k = jnp.concatenate([jnp.broadcast_to(null_kv[0].astype(k.dtype), (batch, 1) + k.shape[2:]), k], axis=1)
         v = jnp.concatenate([jnp.broadcast_to(null_kv[1].astype(v.dtype), (batch, 1) + v.shape[2:]), v], axis=1)
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / math.sqrt(self.head_dim)
+        mask = None
         if context_mask is not None:
-            mask = jnp.concatenate([jnp.ones((batch, 1), bool), context_mask.astype(bool)], axis=1)
-            logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+            mask = key_mask(jnp.concatenate([jnp.ones((batch, 1), bool), context_mask.astype(bool)], axis=1))
+        out, weights = dot_product_attention(q, k, v, mask=mask, dtype=self.dtype)
         # Kept only when the caller asks (`apply(..., mutable=["intermediates"])`):
         # attention-map losses and diagnostics read it; ordinary calls pay nothing.
         self.sow("intermediates", "weights", weights)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
         return NamedProjection(
             (queries.shape[-1],), ("heads", "kv", "embed"), kernel_init=nn.initializers.zeros, name="out", **kw
         )(out)

@@ -22,9 +22,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t2i.models.layers import Dense
 from t2i.models.quantizer import FactorizedQuantizer
-from t2i.models.transformer import LayerNorm, TransformerBlock, sincos_2d
+from t2i.nn.layers import Dense
+from t2i.nn.transformer import LayerNorm, sincos_2d, transformer_stack
 
 Dtype = Any
 
@@ -89,6 +89,8 @@ class ViTStack(nn.Module):
 
     size: ViTSize
     grid: int
+    scan: bool = False  # one scanned layer instead of `blocks` named ones (t2i.nn.transformer)
+    remat: str = "none"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -96,8 +98,15 @@ class ViTStack(nn.Module):
     def __call__(self, x):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         x = x + jnp.asarray(sincos_2d(self.grid, self.size.width), self.dtype)[None]
-        for i in range(self.size.blocks):
-            x = TransformerBlock(self.size.heads, self.size.mlp_dim, **kw, name=f"block_{i}")(x)
+        x = transformer_stack(
+            x,
+            self.size.blocks,
+            scan=self.scan,
+            remat=self.remat,
+            heads=self.size.heads,
+            mlp_dim=self.size.mlp_dim,
+            **kw,
+        )
         return LayerNorm(**kw, name="final_norm")(x)
 
 
@@ -118,6 +127,8 @@ class ViTVQGAN(nn.Module):
     beta: float = 0.25
     codebook_learning: str = "gradient"
     output_channels: int = 3
+    scan: bool = False  # Transformer layers as one nn.scan (paper sizes), not named blocks
+    remat: str = "none"  # t2i.nn.transformer.REMAT_POLICIES
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -128,7 +139,7 @@ class ViTVQGAN(nn.Module):
         enc, dec = vit_size(self.encoder), vit_size(self.decoder)
         self.grid = self.image_size // self.patch_size
         self.patch_embed = Dense(enc.width, axes=("patch_pixels", "embed"), **kw)
-        self.encoder_stack = ViTStack(enc, self.grid, **kw)
+        self.encoder_stack = ViTStack(enc, self.grid, self.scan, self.remat, **kw)
         self.encoder_head = TanhHead(enc.mlp_dim, enc.width, **kw)
         self.quantizer = FactorizedQuantizer(
             features=dec.width,
@@ -138,7 +149,7 @@ class ViTVQGAN(nn.Module):
             codebook_learning=self.codebook_learning,
             **kw,
         )
-        self.decoder_stack = ViTStack(dec, self.grid, **kw)
+        self.decoder_stack = ViTStack(dec, self.grid, self.scan, self.remat, **kw)
         pixels = self.patch_size * self.patch_size * self.output_channels
         self.decoder_head = TanhHead(dec.mlp_dim, pixels, axes_out="patch_pixels", **kw)
 

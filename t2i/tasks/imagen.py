@@ -25,7 +25,7 @@ import numpy as np
 
 from t2i.diffusion import gaussian, samplers, schedules
 from t2i.models import attention_maps
-from t2i.models.layers import named
+from t2i.nn.layers import named
 from t2i.models.unet import EfficientUNet
 from t2i.tasks.base import Task
 

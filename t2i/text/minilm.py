@@ -37,7 +37,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t2i.models.layers import NamedProjection, named
+from t2i.nn.attention import dot_product_attention, key_mask
+from t2i.nn.layers import NamedProjection, named
 from t2i.parallel.mesh import LOGICAL_AXIS_RULES
 from t2i.parallel.partitioning import tree_shardings, with_sharding
 
@@ -167,11 +168,8 @@ class SelfAttention(nn.Module):
             NamedProjection(heads, ("embed", "heads", "kv"), use_bias=True, kernel_init=init, name=name, **kw)(x)
             for name in ("query", "key", "value")
         )
-        logits = jnp.einsum("bqhd,bkhd->bhqk", query, key).astype(jnp.float32) / np.sqrt(config.head_dim)
-        keys = attention_mask[:, None, None, :] if attention_mask.ndim == 2 else attention_mask[:, None]
-        logits = jnp.where(keys, logits, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
+        keys = key_mask(attention_mask) if attention_mask.ndim == 2 else attention_mask[:, None]
+        out, _ = dot_product_attention(query, key, value, mask=keys, dtype=self.dtype)
         return NamedProjection(
             (config.hidden_size,), ("heads", "kv", "embed"), use_bias=True, kernel_init=init, name="output", **kw
         )(out)

@@ -44,7 +44,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from t2i.errors import UsageError
-from t2i.models.layers import NamedProjection, named
+from t2i.nn.attention import dot_product_attention, key_mask
+from t2i.nn.layers import NamedProjection, named
 from t2i.parallel.mesh import LOGICAL_AXIS_RULES
 from t2i.parallel.partitioning import strip_boxes, tree_shardings
 from t2i.text.tokenizer import Tokenizer
@@ -228,10 +229,10 @@ class SelfAttention(nn.Module):
         )
         heads_axes = ("activation_batch", "activation_length", "activation_heads", None)
         q, k, v = (nn.with_logical_constraint(t, heads_axes) for t in (q, k, v))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=self.precision, preferred_element_type=jnp.float32)
-        logits = jnp.where(mask[:, None, None, :], logits + bias, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-        y = jnp.einsum("bhqk,bkhd->bqhd", weights, v, precision=self.precision)
+        # No 1/sqrt(d_kv): T5 folds it into the query's initialisation.
+        y, _ = dot_product_attention(
+            q, k, v, mask=key_mask(mask), bias=bias, scale=1.0, dtype=self.dtype, precision=self.precision
+        )
         y = nn.with_logical_constraint(y, heads_axes)
         out_stddev = (self.num_heads * self.d_kv) ** -0.5
         return NamedProjection(

@@ -12,11 +12,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t2i.models import conv
+from t2i.nn import conv
 
 Dtype = Any
 
 CONV_AXES = ("conv_height", "conv_width", "conv_in", "conv_out")
+
+# Logical axes of activations at block boundaries: token sequences and feature maps.
+ACTIVATION_TOKENS = ("activation_batch", "activation_length", "activation_embed")
+ACTIVATION_IMAGE = ("activation_batch", "activation_height", "activation_width", "activation_channels")
 
 
 def named(init, axes: Sequence[str | None]):

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from t2i.models import winograd
+from t2i.nn import winograd
 
 # Patch bytes per band: small enough to stay in the 32 MiB L3 of the reference machine
 # with the band's dy and the product's workspace beside it (4 MiB measured fastest of

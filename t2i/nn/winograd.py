@@ -22,7 +22,7 @@ strided slices gives padded scatters that were 3-4x slower than the forward.
 Accuracy: F(4x4, 3x3) in float32 matches a direct convolution to about 1e-5 of the
 output's scale (the transforms' constants reach 8 and 1/24); tests/test_conv.py holds it
 to that. Lower precisions would lose too much, so only float32 takes this path
-(`t2i.models.conv.conv_general_dilated` decides).
+(`t2i.nn.conv.conv_general_dilated` decides).
 """
 
 from __future__ import annotations
