@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from t2i.models import vit_vqgan
-from t2i.nn import transformer
+from t2i.nn import patches, transformer
 from t2i.nn.attention import key_mask
 from t2i.parallel.partitioning import strip_boxes
 
@@ -21,13 +21,13 @@ def tiny(**kw):
 
 def test_patchify_round_trip_and_layout():
     images = jnp.arange(2 * 8 * 8 * 3, dtype=jnp.float32).reshape(2, 8, 8, 3)
-    patches = vit_vqgan.patchify(images, 4)
-    assert patches.shape == (2, 4, 48)
+    tokens = patches.patchify(images, 4)
+    assert tokens.shape == (2, 4, 48)
     # The second patch is the top-right 4x4 block, row-major inside.
-    np.testing.assert_array_equal(patches[0, 1].reshape(4, 4, 3), images[0, :4, 4:])
-    np.testing.assert_array_equal(vit_vqgan.unpatchify(patches, 4, 2), images)
+    np.testing.assert_array_equal(tokens[0, 1].reshape(4, 4, 3), images[0, :4, 4:])
+    np.testing.assert_array_equal(patches.unpatchify(tokens, 4, 2), images)
     with pytest.raises(ValueError, match="not a multiple of the patch size"):
-        vit_vqgan.patchify(jnp.zeros((1, 10, 10, 3)), 4)
+        patches.patchify(jnp.zeros((1, 10, 10, 3)), 4)
 
 
 def test_forward_tokenize_and_decode_codes_agree():

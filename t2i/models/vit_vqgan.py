@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from t2i.models.quantizer import FactorizedQuantizer
 from t2i.nn.layers import Dense
+from t2i.nn.patches import patchify, unpatchify
 from t2i.nn.transformer import LayerNorm, sincos_2d, transformer_stack
 
 Dtype = Any
@@ -49,23 +50,6 @@ def vit_size(name: str) -> ViTSize:
     if name not in VARIANTS:
         raise ValueError(f"unknown ViT size {name!r}; sizes are {sorted(VARIANTS)}")
     return VARIANTS[name]
-
-
-def patchify(images: jax.Array, patch: int) -> jax.Array:
-    """[B, H, W, C] -> [B, (H/p)*(W/p), p*p*C], patches in row-major order."""
-    b, h, w, c = images.shape
-    if h % patch or w % patch:
-        raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {patch}")
-    x = images.reshape(b, h // patch, patch, w // patch, patch, c)
-    return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, (h // patch) * (w // patch), patch * patch * c)
-
-
-def unpatchify(tokens: jax.Array, patch: int, grid: int) -> jax.Array:
-    """[B, grid*grid, p*p*C] -> [B, grid*p, grid*p, C]; the inverse of `patchify`."""
-    b, _, d = tokens.shape
-    c = d // (patch * patch)
-    x = tokens.reshape(b, grid, grid, patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, grid * patch, grid * patch, c)
 
 
 class TanhHead(nn.Module):
