@@ -9,11 +9,16 @@ Shapes on a CPU (the default; docs/tokenizer.md has the measured run):
 Paper scale (256x256, patch 8, a 32x32 grid, 8,192 codes of dimension 32):
   t2i train --config configs/vit_vqgan.py:size=small --workdir gs://.../vit_vqgan_small
 
-Shapes is trained in three stages (`make tokenizer`): the first run above, then
+Shapes is trained in four stages (`make tokenizer`): the first run above, then
   t2i train --config configs/vit_vqgan.py:stage=2 --workdir runs/vit_vqgan_stage2
   t2i train --config configs/vit_vqgan.py:stage=3 --workdir runs/vit_vqgan_stage3
-each warm-started from the stage before (`from=WORKDIR` names another source run):
-stage 2 from stage 1's step 3,000, before its discriminator joined; see LATER_STAGES.
+  t2i train --config configs/vit_vqgan.py:stage=4 --workdir runs/vit_vqgan_stage4
+each warm-started from the stage before (`from=WORKDIR` names another source run or an
+export): stage 2 from stage 1's step 3,000, before its discriminator joined; stage 4
+from the stage-3 export `runs/vit_vqgan_stage3/tokenizer.npz` (the tokenizer committed
+before stage 4, docs/tokenizer.md) with half its training images recoloured
+(`data.recolor_prob`), for the colour-shape pairs the train split holds out; see
+LATER_STAGES.
 
 Arguments (comma separated): `size=shapes|small|base|large|small-large` (encoder and
 decoder sizes from `t2i.models.vit_vqgan.VARIANTS`; `small-large` is Parti's pairing,
@@ -38,12 +43,16 @@ SIZES = {
     "small-large": ("small", "large"),
 }
 
-# Shapes stages after the first: (default source workdir, its step, steps, peak learning
-# rate, warm-up steps). Stage 2 starts before stage 1's discriminator joined; stage 3
-# goes on from stage 2, whose round trip was still rising when its schedule ended.
+# Shapes stages after the first: (default source workdir or export, its step, steps,
+# peak learning rate, warm-up steps, recolour probability). Stage 2 starts before stage
+# 1's discriminator joined; stage 3 goes on from stage 2, whose round trip was still
+# rising when its schedule ended; stage 4 goes on from the stage-3 export (float16, as
+# committed before stage 4) with half the training images recoloured, so that the codes
+# learn every colour on every shape.
 LATER_STAGES = {
-    "2": ("runs/vit_vqgan", 3_000, 5_000, 2e-4, 100),
-    "3": ("runs/vit_vqgan_stage2", 5_000, 1_500, 1e-4, 50),
+    "2": ("runs/vit_vqgan", 3_000, 5_000, 2e-4, 100, 0.0),
+    "3": ("runs/vit_vqgan_stage2", 5_000, 1_500, 1e-4, 50, 0.0),
+    "4": ("runs/vit_vqgan_stage3/tokenizer.npz", 0, 7_000, 1e-4, 100, 0.5),
 }
 
 
@@ -71,6 +80,9 @@ def get_config(arg=None):
             tokenizer="",
             text_embeddings="",
             max_text_length=24,
+            # Share of training images re-rendered in random palette colours
+            # (t2i.data.augment.recolor); the tokenizer never sees captions.
+            recolor_prob=0.0,
         )
     )
     config.model = ml_collections.ConfigDict(
@@ -165,11 +177,12 @@ def get_config(arg=None):
         # on a fresh schedule. The discriminator is carried along, never switched on: on
         # Shapes stage 1's adversarial phase cost 11 points of round-trip score
         # (docs/results.md). With `tiny` (tests): 3 steps from the source's newest step.
-        source, from_step, steps, lr, warmup = LATER_STAGES[stage]
+        source, from_step, steps, lr, warmup, recolor_prob = LATER_STAGES[stage]
         config.train.init_from = args.get("from", source)
         config.train.init_from_step = 0 if args.get("tiny") else from_step
         config.train.num_steps = 3 if args.get("tiny") else steps
         config.optimizer.learning_rate = lr
         config.optimizer.warmup_steps = warmup
         config.loss.adversarial_start = config.train.num_steps
+        config.data.recolor_prob = recolor_prob
     return config

@@ -165,8 +165,8 @@ def test_train_export_reconstruct_and_tokenize(tmp_path, tiny_data_dir, capsys):
     assert int(second.state.step) == 3 and all(m["d_loss"] == 0.0 for m in second.history)
     first_params = jax.device_get(result.state.ema_params["discriminator"])  # warm starts load EMA params
     jax.tree.map(np.testing.assert_array_equal, first_params, jax.device_get(second.state.params["discriminator"]))
-    with pytest.raises(UsageError, match="unknown stage .4.; stages are 1, 2, 3$"):
-        load_config(CONFIG + ":stage=4")
+    with pytest.raises(UsageError, match="unknown stage .5.; stages are 1, 2, 3, 4$"):
+        load_config(CONFIG + ":stage=5")
 
     export = str(tmp_path / "tok.npz")
     assert main(["export", "--workdir", workdir, "--out", export]) == 0

@@ -22,6 +22,8 @@ The codebook's non-gradient side (usage window, EMA statistics, dead-code restar
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -86,6 +88,11 @@ class VQGANTask(Task):
             param_dtype=jnp.dtype(model.param_dtype),
         )
         self.grid = self.image_size // int(model.patch_size)
+        recolor_prob = float(config.data.get("recolor_prob", 0.0))
+        if recolor_prob > 0:  # training images re-rendered in new colours (t2i.data.augment)
+            from t2i.data.augment import recolor
+
+            self.random_transform = functools.partial(recolor, prob=recolor_prob)
         self.adversarial = float(loss.adversarial_weight) > 0
         self.discriminator = Discriminator(
             channels=tuple(model.discriminator_channels), param_dtype=jnp.dtype(model.param_dtype)
