@@ -45,12 +45,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from t2i import cascade  # noqa: E402
 from t2i import config as config_lib  # noqa: E402
 from t2i.data import shapes  # noqa: E402
 from t2i.evaluation import shapes_eval  # noqa: E402
+from t2i.families import get_task  # noqa: E402
+from t2i.imagen import cascade  # noqa: E402
+from t2i.model_files import TrainedModel, write_export  # noqa: E402
 from t2i.parallel.partitioning import strip_boxes  # noqa: E402
-from t2i.tasks import get_task  # noqa: E402
 from t2i.train.optim import make_optimizer  # noqa: E402
 from t2i.train.state import create_state, make_train_step  # noqa: E402
 
@@ -251,7 +252,7 @@ def main(argv=None) -> int:
         task, ema, stats = train_variant(config, datasets[train_size], log)
         log(f"  trained: {stats}")
         steps = int(config.train.num_steps)
-        base_stage = cascade.Stage(task=task, params=ema, config=config, source=name, step=steps)
+        base_stage = TrainedModel(task=task, params=ema, config=config, source=name, step=steps)
         row = dict(variant=name, overrides=overrides, train_size=train_size, steps=steps, **stats)
         for split in args.splits.split(","):
             start = time.time()
@@ -261,7 +262,7 @@ def main(argv=None) -> int:
         with open(results_path, "a") as f:
             f.write(json.dumps(row) + "\n")
         if args.export:
-            cascade.write_export(ema, config_lib.to_json(config), steps, os.path.join(args.out, f"{name}.npz"))
+            write_export(ema, config_lib.to_json(config), steps, os.path.join(args.out, f"{name}.npz"))
     return 0
 
 

@@ -39,13 +39,13 @@ def main() -> None:
     import jax
     import jax.numpy as jnp
 
-    from t2i.cascade import REFERENCE_STAGES, _compiled_sampler, default_settings, load_stage, text_front_end
     from t2i.cli import split_prompts
     from t2i.data import shapes
     from t2i.diffusion import samplers, schedules
     from t2i.evaluation import shapes_eval
     from t2i.evaluation.shapes_eval import parse_caption
-    from t2i.tasks.imagen import to_uint8
+    from t2i.imagen.cascade import REFERENCE_STAGES, _compiled_sampler, default_settings, load_stage, text_front_end
+    from t2i.imagen.task import to_uint8
 
     base = load_stage(args.base or REFERENCE_STAGES[0])
     sr = load_stage(REFERENCE_STAGES[1])

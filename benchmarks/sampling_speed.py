@@ -20,7 +20,7 @@ import jax.numpy as jnp
 
 from t2i.config import load_config
 from t2i.diffusion import samplers
-from t2i.tasks import get_task
+from t2i.families import get_task
 
 
 def main() -> None:

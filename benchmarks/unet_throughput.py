@@ -106,7 +106,7 @@ def t2i_side(
     import optax
 
     from t2i.diffusion import gaussian, schedules
-    from t2i.models.unet import EfficientUNet
+    from t2i.imagen.unet import EfficientUNet
 
     unet = EfficientUNet(
         base_channels=64,

@@ -21,7 +21,7 @@ before stage 4, docs/tokenizer.md) with half its training images recoloured
 LATER_STAGES.
 
 Arguments (comma separated): `size=shapes|small|base|large|small-large` (encoder and
-decoder sizes from `t2i.models.vit_vqgan.VARIANTS`; `small-large` is Parti's pairing,
+decoder sizes from `t2i.vqgan.vit_vqgan.VARIANTS`; `small-large` is Parti's pairing,
 a Small encoder with a Large decoder); `tiny` shrinks everything for tests; `data=` picks
 another Shapes build. The paper-scale configs fix the architecture (parameter counts
 are tested) and the training recipe; an image-text pipeline at that scale is not part
@@ -109,7 +109,7 @@ def get_config(arg=None):
             l2_weight=1.0,
             logit_laplace_weight=0.0,
             perceptual_weight=0.1 if paper else 0.0,
-            perceptual_network="",  # a converted VGG16/LPIPS .npz (t2i.models.perceptual)
+            perceptual_network="",  # a converted VGG16/LPIPS .npz (t2i.vqgan.perceptual)
             adversarial_weight=0.1,
             adversarial_start=50_000 if paper else 3_000,  # warm-up: reconstruction first
             r1_gamma=10.0 if paper else 1.0,

@@ -83,18 +83,16 @@ def _cmd_sample(args, overrides) -> int:
     else:
         prompts = split_prompts(args.split, args.num)
     ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)) or ".")
-    options = dict(
-        size=args.size,
-        checkpoints=args.checkpoint,
-        batch_size=args.batch_size,
-        sampler=args.sampler,
-        steps=args.steps,
-        guidance_weight=args.guidance,
-        thresholding=args.thresholding,
-        percentile=args.percentile,
-        noise_aug_level=args.aug_level,
-        guidance_interval=args.guidance_interval,
-    )
+    from t2i.families import sample_options
+
+    options = dict(size=args.size, checkpoints=args.checkpoint, batch_size=args.batch_size)
+    for flag, (_, _, families) in sample_options().items():
+        value = getattr(args, flag)
+        if value is not None and args.pipeline not in families:
+            raise UsageError(
+                f"--{flag} does not apply to --pipeline {args.pipeline} (it is read by {', '.join(families)})"
+            )
+        options[flag] = value
     manifest = run_pipeline(args.pipeline, prompts, args.out, seed=args.seed, options=options)
     print(f"wrote {len(prompts)} images and {manifest}")
     return 0
@@ -114,17 +112,17 @@ def split_prompts(split: str, num: int) -> list[str]:
 
 # ---------------------------------------------------------------------------- export
 def _cmd_export(args, overrides) -> int:
-    from t2i.cascade import export_stage
+    from t2i.model_files import export_model
 
     ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)))
-    path = export_stage(args.workdir, args.out, args.step)
+    path = export_model(args.workdir, args.out, args.step)
     print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
     return 0
 
 
 # ------------------------------------------------------------------ image tokenizer
 def _cmd_reconstruct(args, overrides) -> int:
-    from t2i.image_tokens import load_tokenizer, reconstruct_split
+    from t2i.vqgan.image_tokens import load_tokenizer, reconstruct_split
 
     if args.num < 1:
         raise UsageError(f"--num must be at least 1, got {args.num}")
@@ -145,7 +143,7 @@ def _cmd_reconstruct(args, overrides) -> int:
 
 
 def _cmd_tokenize(args, overrides) -> int:
-    from t2i.image_tokens import load_tokenizer, tokenize_splits
+    from t2i.vqgan.image_tokens import load_tokenizer, tokenize_splits
 
     splits = [s.strip() for s in args.splits.split(",") if s.strip()]
     if not splits:
@@ -165,7 +163,7 @@ def _cmd_tokenize(args, overrides) -> int:
 
 
 def _cmd_convert(args, overrides) -> int:
-    from t2i.models.perceptual import convert_files
+    from t2i.vqgan.perceptual import convert_files
 
     ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)))
     path = convert_files(args.weights, args.out, args.lpips)
@@ -183,10 +181,11 @@ def _cmd_eval(args, overrides) -> int:
     print(json.dumps(payload, sort_keys=True))
     if args.json:
         ensure_writable_dir(os.path.dirname(os.path.abspath(args.json)))
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=1, sort_keys=True)
-        os.replace(tmp, args.json)
+        from t2i.io import atomic_file
+
+        with atomic_file(args.json) as tmp:
+            with open(tmp, "w") as f:
+                json.dump(payload, f, indent=1, sort_keys=True)
     return 0
 
 
@@ -280,8 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--pipeline",
         default="oracle",
-        help="imagen (the cascade: --checkpoint stages, or the committed Shapes reference) "
-        "or oracle (renders a scene the prompt asks for)",
+        help="imagen (the cascade: --checkpoint stages, base first), parti (--checkpoint: one model; "
+        "--num_candidates re-ranks), or oracle (renders a scene the prompt asks for); without --checkpoint "
+        "the committed Shapes reference",
     )
     p.add_argument("--prompt", help="one prompt")
     p.add_argument("--prompts", help="a text file with one prompt per line")
@@ -293,21 +293,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint",
         action="append",
-        help="a stage's training workdir or exported .npz, base first (imagen; default: the committed reference)",
+        help="a training workdir or exported .npz (imagen: one per stage, base first; "
+        "default: the committed reference)",
     )
     p.add_argument("--batch_size", type=int, default=16)
-    stage_help = " (comma-separated: one value per stage, or one for all)"
-    p.add_argument("--sampler", help="ddpm | ddim | dpmpp_2m" + stage_help)
-    p.add_argument("--steps", help="sampling steps" + stage_help)
-    p.add_argument("--guidance", help="classifier-free guidance weight" + stage_help)
-    p.add_argument("--thresholding", help="none | static | dynamic" + stage_help)
-    p.add_argument("--percentile", help="dynamic thresholding percentile" + stage_help)
-    p.add_argument("--aug_level", help="noise-conditioning augmentation level of SR stages" + stage_help)
-    p.add_argument(
-        "--guidance_interval",
-        help="guide only at log-SNR in LO:HI, either side open (write --guidance_interval=-6:2,: so the "
-        "leading minus is not read as a flag)" + stage_help,
-    )
+    from t2i.families import sample_options
+
+    for flag, (_, help_text, families) in sample_options().items():  # each family's own flags
+        p.add_argument(f"--{flag}", help=f"[{', '.join(families)}] {help_text}")
     p.set_defaults(handler=_cmd_sample)
 
     p = commands.add_parser(

@@ -12,11 +12,8 @@ when every image is done, so a failure leaves no half-written output.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from typing import Callable, Sequence
 
 import numpy as np
@@ -24,6 +21,7 @@ from PIL import Image
 
 from t2i.data import shapes
 from t2i.errors import UsageError
+from t2i.io import atomic_dir, check_empty_or_missing
 
 # pipeline(prompts, seed, options) -> (uint8 images [N, S, S, 3], settings for the manifest)
 Pipeline = Callable[[Sequence[str], int, dict], tuple[np.ndarray, dict]]
@@ -60,77 +58,41 @@ def oracle_pipeline(prompts: Sequence[str], seed: int, options: dict) -> tuple[n
     return np.stack(images), {"pipeline": "oracle", "size": size}
 
 
-def imagen_pipeline(prompts: Sequence[str], seed: int, options: dict) -> tuple[np.ndarray, dict]:
-    """The Imagen cascade from training workdirs or exported stages (`--checkpoint`,
-    base first); without any, the committed Shapes reference cascade."""
-    from t2i.cascade import REFERENCE_STAGES, default_settings, load_stage, run_cascade
+def pipeline_names() -> list[str]:
+    from t2i.families import pipelines
 
-    sources = options.get("checkpoints") or list(REFERENCE_STAGES)
-    stages = [load_stage(source) for source in sources]
-    per_stage = stage_options(options, len(stages))
-    settings = [default_settings(stage, **given) for stage, given in zip(stages, per_stage)]
-    images = run_cascade(stages, settings, prompts, seed, batch_size=int(options.get("batch_size", 16)))
-    described = [
-        dict(source=stage.source, step=stage.step, **dataclasses.asdict(setting))
-        for stage, setting in zip(stages, settings)
-    ]
-    return images, {"pipeline": "imagen", "stages": described}
+    return sorted(["oracle", *pipelines()])
 
 
-def _interval(text: str) -> tuple[float | None, float | None]:
-    from t2i.diffusion.samplers import parse_interval
+def get_pipeline(name: str) -> Pipeline:
+    """`oracle`, or the pipeline of the family registered under `name`."""
+    from t2i.families import pipelines, resolve
 
-    return parse_interval(text)
-
-
-STAGE_OPTIONS = {
-    "sampler": str,
-    "steps": int,
-    "guidance_weight": float,
-    "thresholding": str,
-    "percentile": float,
-    "noise_aug_level": float,
-    "guidance_interval": _interval,  # LO:HI in log-SNR, e.g. "-6:2,:" (base -6..2, SR every step)
-}
+    if name == "oracle":
+        return oracle_pipeline
+    if name not in pipelines():
+        raise UsageError(f"unknown sampling pipeline '{name}' (known: {', '.join(pipeline_names())})")
+    return resolve(pipelines()[name])
 
 
-# The command-line flag of each stage option whose flag is named differently.
-_FLAGS = {"guidance_weight": "guidance", "noise_aug_level": "aug_level"}
-
-
-def stage_options(options: dict, num_stages: int) -> list[dict]:
-    """Per-stage settings from comma-separated option strings ("5,3": base 5, SR 3;
-    one value serves every stage)."""
-    per_stage = [dict() for _ in range(num_stages)]
-    for name, kind in STAGE_OPTIONS.items():
-        text = options.get(name)
-        if text is None:
-            continue
-        flag = "--" + _FLAGS.get(name, name)
-        values = str(text).split(",")
-        if len(values) not in (1, num_stages):
-            raise UsageError(f"{flag} has {len(values)} values for {num_stages} stages")
-        for index in range(num_stages):
-            try:
-                per_stage[index][name] = kind(values[index if len(values) > 1 else 0])
-            except ValueError as error:
-                raise UsageError(f"bad value for {flag}: {text!r} ({error})") from None
-    return per_stage
-
-
-PIPELINES: dict[str, Pipeline] = {"oracle": oracle_pipeline, "imagen": imagen_pipeline}
+def parse_option(options: dict, flag: str, kind):
+    """options[flag] (a command-line string, or already a value) as `kind`; None when
+    not given; a one-line error naming the flag when it does not parse."""
+    value = options.get(flag)
+    if value is None or not isinstance(value, str):
+        return value
+    try:
+        return kind(value)
+    except ValueError as error:
+        raise UsageError(f"bad value for --{flag}: {value!r} ({error})") from None
 
 
 def run_pipeline(name: str, prompts: Sequence[str], out_dir: str, seed: int = 0, options: dict | None = None) -> str:
     """Samples one image per prompt into `out_dir`; returns the manifest path."""
-    if name not in PIPELINES:
-        raise UsageError(f"unknown sampling pipeline '{name}' (known: {', '.join(sorted(PIPELINES))})")
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise UsageError(f"output folder {out_dir} exists and is not empty")
-    images, settings = PIPELINES[name](prompts, seed, dict(options or {}))
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    staging = tempfile.mkdtemp(prefix=".t2i_sample_", dir=parent)
-    try:
+    pipeline = get_pipeline(name)
+    check_empty_or_missing(out_dir)
+    images, settings = pipeline(prompts, seed, dict(options or {}))
+    with atomic_dir(out_dir) as staging:
         with open(os.path.join(staging, "manifest.jsonl"), "w") as manifest:
             for index, (prompt, image) in enumerate(zip(prompts, images)):
                 filename = f"{index:05d}.png"
@@ -141,10 +103,4 @@ def run_pipeline(name: str, prompts: Sequence[str], out_dir: str, seed: int = 0,
                     )
                     + "\n"
                 )
-        if os.path.isdir(out_dir):
-            os.rmdir(out_dir)  # empty, checked above
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return os.path.join(out_dir, "manifest.jsonl")

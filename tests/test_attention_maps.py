@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from t2i.data import shapes
-from t2i.models import attention_maps
+from t2i.imagen import attention_maps
 
 
 def test_box_coverage_is_the_exact_pixel_overlap():

@@ -13,7 +13,7 @@ from t2i.config import load_config
 from t2i.data import pipeline, shapes
 from t2i.data.augment import recolor, scene_objects
 from t2i.evaluation import shapes_eval
-from t2i.tasks import get_task
+from t2i.families import get_task
 
 RESOLUTIONS = (16, 32, 64)
 GEOMETRY = ("kind", "num_objects", "shape", "size", "cx", "cy", "r")

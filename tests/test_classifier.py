@@ -4,9 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from t2i.classifier.model import decode, grid_targets
 from t2i.data import pipeline
-from t2i.models.classifier import decode, grid_targets
-from t2i.tasks import get_task
+from t2i.families import get_task
 
 
 def _batch(config, n=64):

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t2i.models import gan, reconstruction
 from t2i.parallel.partitioning import strip_boxes
+from t2i.vqgan import gan, reconstruction
 
 
 def test_discriminator_shapes_and_names():

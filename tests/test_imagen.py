@@ -14,7 +14,7 @@ from PIL import Image
 from t2i.config import load_config
 from t2i.data import pipeline
 from t2i.errors import UsageError
-from t2i.tasks import get_task
+from t2i.families import get_task
 from t2i.train.trainer import train
 
 PAPER = os.path.join(REPO, "configs/imagen_paper.py")
@@ -153,7 +153,7 @@ def test_base_sampling_with_guidance_and_thresholding(tiny_data_dir):
 
 
 def test_sr_crops_cut_the_same_window_from_image_and_condition():
-    from t2i.tasks.imagen import random_crop
+    from t2i.imagen.task import random_crop
 
     images = jnp.arange(2 * 8 * 8 * 3, dtype=jnp.float32).reshape(2, 8, 8, 3)
     crop_a, crop_b = random_crop(jax.random.key(3), [images, images * 2.0], 4)
@@ -167,8 +167,8 @@ def test_sr_crops_cut_the_same_window_from_image_and_condition():
 
 
 def test_export_keeps_the_ema_params_in_float16_and_loads_for_sampling(trained_stages, tmp_path, capsys):
-    from t2i.cascade import load_stage
     from t2i.cli import main
+    from t2i.imagen.cascade import load_stage
 
     base = trained_stages["base"][0]
     out = tmp_path / "ref" / "base.npz"
@@ -220,8 +220,8 @@ def test_split_prompts_are_the_captions_of_the_split(capsys):
 def test_sample_without_checkpoints_uses_the_committed_reference(tmp_path):
     """The reference cascade ships in the package (t2i/assets/imagen_shapes/): the
     exported files load, match their configs, and sample at 64 px."""
-    from t2i.cascade import REFERENCE_STAGES
     from t2i.cli import main
+    from t2i.imagen.cascade import REFERENCE_STAGES
 
     for path in REFERENCE_STAGES:
         assert os.path.getsize(path) < 15 * 2**20  # the issue's budget: 30 MB for both
@@ -242,7 +242,7 @@ def test_sample_without_checkpoints_uses_the_committed_reference(tmp_path):
 
 
 def test_sweep_scores_each_setting_and_split_and_tabulates(trained_stages, tmp_path, capsys):
-    from t2i.evaluation import imagen_sweep
+    from t2i.imagen import sweep as imagen_sweep
 
     base, sr = trained_stages["base"][0], trained_stages["sr"][0]
     out = tmp_path / "sweep.jsonl"
@@ -265,7 +265,7 @@ def test_sweep_scores_each_setting_and_split_and_tabulates(trained_stages, tmp_p
     ]
     assert all(r["num"] == 2 and r["base_step"] == 2 and 0.0 <= r["overall"] <= 1.0 for r in rows)
     # Settings not given are the cascade's defaults: the sweep scores what `t2i sample` draws.
-    from t2i.cascade import BASE_DEFAULTS, SR_DEFAULTS, StageSettings
+    from t2i.imagen.cascade import BASE_DEFAULTS, SR_DEFAULTS, StageSettings
 
     assert {r["base"]["sampler"] for r in rows} == {BASE_DEFAULTS["sampler"]}
     assert {r["base"]["percentile"] for r in rows} == {StageSettings.percentile}
@@ -299,7 +299,7 @@ def test_sweep_scores_each_setting_and_split_and_tabulates(trained_stages, tmp_p
     assert imagen_sweep.main([*bad, "--thresholding", "clip"]) == 2
     assert "unknown thresholding 'clip'" in capsys.readouterr().err
     assert not (tmp_path / "s.jsonl").exists()
-    from t2i.cascade import REFERENCE_STAGES
+    from t2i.imagen.cascade import REFERENCE_STAGES
 
     npz = ["--base", REFERENCE_STAGES[0], "--sr", sr, "--base_steps", "2", "--out", str(tmp_path / "y.jsonl")]
     assert imagen_sweep.main(npz) == 2
@@ -310,7 +310,7 @@ def test_training_minutes_leave_out_the_time_a_stopped_run_sat_idle(tmp_path):
     """The sweep's "train min": interval steps over the logged rate, so an hour between
     a stop at step 100 and the resume is not counted, and a step inside an interval is
     interpolated at that interval's rate."""
-    from t2i.evaluation.imagen_sweep import _training_minutes
+    from t2i.imagen.sweep import _training_minutes
 
     rows = [(50, 0.0, 0.5), (100, 100.0, 0.5), (150, 3900.0, 0.25)]  # resumed at 100 an hour later
     with open(tmp_path / "metrics.jsonl", "w") as f:
@@ -344,8 +344,8 @@ def test_warm_start_adds_coordinates_to_a_trained_base_without_changing_its_outp
     reference's weights, less its coordinate projection) starts a run with them; the new,
     zero-initialised projection leaves the loss exactly as it was but gets a gradient,
     and a source that does not fit the model is a one-line error."""
-    from t2i.cascade import REFERENCE_STAGES, load_stage
     from t2i.errors import UsageError
+    from t2i.imagen.cascade import REFERENCE_STAGES, load_stage
     from t2i.parallel.mesh import LOGICAL_AXIS_RULES, create_mesh
     from t2i.train.optim import make_optimizer
     from t2i.train.trainer import abstract_train_state, init_train_state, warm_start
@@ -405,8 +405,8 @@ def test_warm_start_adds_coordinates_to_a_trained_base_without_changing_its_outp
 def test_prompt_sensitivity_of_the_reference_base():
     """The committed base draws the colour it is told (a large x0 difference between
     colour-swapped prompts), and the probe reads exactly zero for identical prompts."""
-    from t2i.cascade import REFERENCE_STAGES, load_stage
-    from t2i.evaluation.prompt_sensitivity import prompt_sensitivity
+    from t2i.imagen.cascade import REFERENCE_STAGES, load_stage
+    from t2i.imagen.prompt_sensitivity import prompt_sensitivity
 
     stage = load_stage(REFERENCE_STAGES[0])
     scores = prompt_sensitivity(stage, logsnr=-4.0)
@@ -420,17 +420,17 @@ def test_prompt_sensitivity_of_the_reference_base():
 
 
 def test_stage_options_split_per_stage_and_name_the_flag_in_errors():
-    from t2i.sampling import stage_options
+    from t2i.imagen.cascade import stage_options
 
-    per_stage = stage_options({"guidance_weight": "5,1", "guidance_interval": "-4:2,:", "steps": "50"}, 2)
+    per_stage = stage_options({"guidance": "5,1", "guidance_interval": "-4:2,:", "steps": "50"}, 2)
     assert per_stage == [
         {"steps": 50, "guidance_weight": 5.0, "guidance_interval": (-4.0, 2.0)},
         {"steps": 50, "guidance_weight": 1.0, "guidance_interval": (None, None)},
     ]
     with pytest.raises(UsageError, match="--guidance has 3 values for 2 stages"):
-        stage_options({"guidance_weight": "1,2,3"}, 2)
+        stage_options({"guidance": "1,2,3"}, 2)
     with pytest.raises(UsageError, match=r"bad value for --aug_level: 'x'"):
-        stage_options({"noise_aug_level": "x"}, 2)
+        stage_options({"aug_level": "x"}, 2)
     with pytest.raises(UsageError, match=r"bad value for --guidance_interval: '2:1,:' \(.*low end above"):
         stage_options({"guidance_interval": "2:1,:"}, 2)
 
@@ -442,7 +442,7 @@ def test_pooled_text_switch_decides_whether_text_reaches_a_unet_without_cross_at
     the pooled projection has no parameters."""
     from flax import traverse_util
 
-    from t2i.models.unet import EfficientUNet
+    from t2i.imagen.unet import EfficientUNet
 
     unet = EfficientUNet(
         base_channels=8,

@@ -7,9 +7,9 @@ import pytest
 
 from t2i.data import pipeline
 from t2i.errors import UsageError
+from t2i.families import get_task
 from t2i.parallel.mesh import LOGICAL_AXIS_RULES, create_mesh, mesh_shape
 from t2i.parallel.partitioning import global_batch
-from t2i.tasks import get_task
 from t2i.train.optim import make_optimizer
 from t2i.train.state import make_train_step
 from t2i.train.trainer import abstract_train_state, compile_train_step, init_train_state

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from t2i.cli import main
-from t2i.models import perceptual
-from t2i.models.reconstruction import perceptual_distance
+from t2i.vqgan import perceptual
+from t2i.vqgan.reconstruction import perceptual_distance
 
 WIDTHS = (3, 4, 5, 6, 6)  # a VGG16 with VGG16's layers, narrower, so the fixture is tiny
 
@@ -98,8 +98,8 @@ def test_the_tokenizer_trains_with_a_perceptual_network(tmp_path):
     from conftest import REPO
 
     from t2i.config import load_config
+    from t2i.families import get_task
     from t2i.parallel.partitioning import strip_boxes
-    from t2i.tasks import get_task
 
     np.savez(tmp_path / "vgg.npz", **torch_layout_vgg(np.random.default_rng(2)))
     converted = perceptual.convert_files(str(tmp_path / "vgg.npz"), str(tmp_path / "converted.npz"))

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t2i.models import quantizer as vq
 from t2i.parallel.partitioning import strip_boxes
+from t2i.vqgan import quantizer as vq
 
 D, K, C = 16, 12, 4
 

@@ -15,7 +15,7 @@ import pytest
 from conftest import REPO
 
 from t2i import tasks
-from t2i.tasks.classifier import ShapesClassifierTask
+from t2i.classifier.task import ShapesClassifierTask
 from t2i.train.state import create_state, make_train_step
 from t2i.train.trainer import TrainingDiverged, train
 

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from t2i.models import vit_vqgan
 from t2i.nn import patches, transformer
 from t2i.nn.attention import key_mask
 from t2i.parallel.partitioning import strip_boxes
+from t2i.vqgan import vit_vqgan
 
 
 def tiny(**kw):

@@ -16,13 +16,13 @@ from conftest import REPO
 
 from t2i.config import load_config
 from t2i.errors import UsageError
-from t2i.models import quantizer as vq
-from t2i.models.gan import discriminator_loss, generator_loss, r1_penalty
-from t2i.models.vit_vqgan import ViTVQGAN
+from t2i.families import get_task
 from t2i.parallel.partitioning import strip_boxes
-from t2i.tasks import get_task
-from t2i.tasks.vqgan import VQGANTask, to_model_range
 from t2i.train.state import STATE_INPUTS, create_state, make_train_step
+from t2i.vqgan import quantizer as vq
+from t2i.vqgan.gan import discriminator_loss, generator_loss, r1_penalty
+from t2i.vqgan.task import VQGANTask, to_model_range
+from t2i.vqgan.vit_vqgan import ViTVQGAN
 
 CONFIG = os.path.join(REPO, "configs/vit_vqgan.py")
 
@@ -145,9 +145,9 @@ def test_paper_tokenizer_parameter_counts(encoder, decoder, paper_encoder, paper
 
 
 def test_train_export_reconstruct_and_tokenize(tmp_path, tiny_data_dir, capsys):
-    from t2i.cascade import load_stage
     from t2i.cli import main
-    from t2i.image_tokens import TokenSource
+    from t2i.data.token_grids import TokenGridSource
+    from t2i.model_files import load_model
     from t2i.train.trainer import train
 
     config = load_config(CONFIG + ":tiny", [f"data.data_dir={tiny_data_dir}"])
@@ -172,7 +172,7 @@ def test_train_export_reconstruct_and_tokenize(tmp_path, tiny_data_dir, capsys):
     assert main(["export", "--workdir", workdir, "--out", export]) == 0
     with np.load(export) as data:
         assert not [k for k in data.files if k.startswith("discriminator")]
-    stage = load_stage(export)
+    stage = load_model(export, family="vit_vqgan")
 
     out = tmp_path / "recon"
     args = ["reconstruct", "--checkpoint", export, "--split", "test", "--num", "10", "--out", str(out)]
@@ -192,7 +192,7 @@ def test_train_export_reconstruct_and_tokenize(tmp_path, tiny_data_dir, capsys):
     from t2i.data import pipeline
 
     directory = os.path.join(pipeline.build_dir(data), "image_tokens", "vit_vqgan")
-    source = TokenSource(directory, "test")
+    source = TokenGridSource(directory, "test")
     split = pipeline.data_source(data, "test")
     assert len(source) == len(split) and source.info["grid"] == 4
     example = pipeline.to_arrays(split[5])
@@ -200,7 +200,7 @@ def test_train_export_reconstruct_and_tokenize(tmp_path, tiny_data_dir, capsys):
     assert record["caption"] == example["caption"]
     np.testing.assert_array_equal(record["color"], example["color"])
     expected = stage.task.tokenize(stage.params, example["image_32"][None])[0]
-    np.testing.assert_array_equal(record["tokens"], expected)
+    np.testing.assert_array_equal(record["image_tokens"], expected)
     capsys.readouterr()
     code = main(["tokenize", "--checkpoint", export, "--splits", "test", "--data_dir", tiny_data_dir])
     assert code == 2 and "--overwrite" in capsys.readouterr().err

@@ -29,7 +29,17 @@ RandomTransform = Callable[[dict, np.random.Generator], dict]
 
 
 def data_source(data: ml_collections.ConfigDict, split: str):
-    """Random-access source of one split; a clear error if it was never built."""
+    """Random-access source of one split; a clear error if it was never built.
+
+    With `data.image_tokens` set (a folder name under the build's `image_tokens/`, as
+    `t2i tokenize --name` wrote it), the split's token grids instead of its images:
+    examples with `image_tokens` [g, g], the caption and the scene."""
+    tokens_name = data.get("image_tokens", "")
+    if tokens_name:
+        from t2i.data.token_grids import TokenGridSource, tokens_dir
+
+        data_source(ml_collections.ConfigDict({**data.to_dict(), "image_tokens": ""}), split)  # the build exists
+        return TokenGridSource(tokens_dir(build_dir(data), tokens_name), split)
     if split not in shapes_tfds.SPLITS:
         raise UsageError(f"unknown split '{split}' (choose from {', '.join(shapes_tfds.SPLITS)})")
     shapes_builder = shapes_tfds.builder(data.builder_config, data.data_dir)
@@ -43,7 +53,10 @@ def data_source(data: ml_collections.ConfigDict, split: str):
 
 
 def to_arrays(example: dict) -> dict:
-    """A TFDS example -> flat fixed-shape arrays (the batch format every family reads)."""
+    """A TFDS example -> flat fixed-shape arrays (the batch format every family reads).
+    Token-grid examples (`data.image_tokens`) are stored flat already."""
+    if "objects" not in example:
+        return example
     objects = example["objects"]
     n = len(objects["color"])
     out = {key: np.asarray(value) for key, value in example.items() if key.startswith("image_")}

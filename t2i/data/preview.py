@@ -8,14 +8,12 @@ benchmark and as a template for a model's sample folder.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from PIL import Image
 
 from t2i.data.shapes import SPLIT_SEEDS, render, scene_for
+from t2i.io import atomic_dir
 
 MANIFEST = "manifest.jsonl"
 
@@ -34,9 +32,8 @@ def write_preview(split: str, num: int, size: int, out_dir) -> Path:
     if size < 16:
         raise ValueError(f"size must be at least 16, got {size}")
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(str(out_dir), existing="merge") as staging_dir:
+        staging = Path(staging_dir)
         lines = []
         for index in range(num):
             scene = scene_for(split, index)
@@ -44,11 +41,4 @@ def write_preview(split: str, num: int, size: int, out_dir) -> Path:
             Image.fromarray(render(scene, size)).save(staging / name)
             lines.append(json.dumps({"prompt": scene.caption, "image": name, "scene": scene.to_json()}))
         (staging / MANIFEST).write_text("\n".join(lines) + "\n", encoding="utf-8")
-        if not out_dir.exists():
-            os.replace(staging, out_dir)
-        else:
-            for path in sorted(staging.iterdir(), key=lambda p: p.name == MANIFEST):
-                os.replace(path, out_dir / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out_dir / MANIFEST

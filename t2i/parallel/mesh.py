@@ -50,6 +50,12 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, object], ...] = (
     ("vq_codes", None),
     ("vq_code_dim", None),
     ("patch_pixels", None),
+    ("layers", None),  # the stacked axis of scanned layers (t2i.nn.transformer)
+    # Decoding caches (t2i.nn.attention): rows like the batch, heads like the weights.
+    ("cache_batch", ("data", "fsdp")),
+    ("cache_length", None),
+    ("cache_heads", "tensor"),
+    ("cache_kv", None),
 )
 
 

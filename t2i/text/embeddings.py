@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from typing import Callable, Iterable
 
 import numpy as np
 from tqdm import tqdm
 
 from t2i.errors import UsageError
+from t2i.io import atomic_dir
 
 # "minilm_phrases": MiniLM with each Shapes relation ending a phrase that is encoded on
 # its own (MiniLMEncoder's phrase_breaks); see docs/results.md for why.
@@ -54,21 +53,11 @@ def write_table(captions: Iterable[str], encode: Callable, out_dir: str, batch_s
         hidden, mask = encode(padded)
         embeddings.append(np.asarray(hidden, np.float16)[: len(chunk)])
         masks.append(np.asarray(mask, bool)[: len(chunk)])
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".t2i_embed_", dir=parent)
-    try:
+    with atomic_dir(out_dir, existing="replace") as staging:
         np.save(os.path.join(staging, "embeddings.npy"), np.concatenate(embeddings))
         np.save(os.path.join(staging, "mask.npy"), np.concatenate(masks))
         with open(os.path.join(staging, "captions.json"), "w") as f:
             json.dump(distinct, f)
-        os.chmod(staging, 0o755)  # mkdtemp makes it private
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return len(distinct)
 
 

@@ -59,6 +59,20 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         return tree_to_state(restored["state"])
 
+    def restore_part(self, step: int, abstract_part: dict) -> dict:
+        """Restores only the named parts of the saved state (e.g. `{"ema_params": ...}`,
+        laid out as given), without the rest's shapes: sampling from a checkpoint
+        needs neither the optimizer state nor its structure."""
+        reader = ocp.CheckpointManager(
+            self.directory, item_names=("state",), item_handlers={"state": ocp.PyTreeCheckpointHandler()}
+        )
+        try:
+            restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_part)
+            args = ocp.args.PyTreeRestore(abstract_part, restore_args=restore_args, partial_restore=True)
+            return reader.restore(step, args=ocp.args.Composite(state=args))["state"]
+        finally:
+            reader.close()
+
     def restore_config(self, step: int | None = None) -> dict:
         step = self.latest_step() if step is None else step
         return self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))["config"]

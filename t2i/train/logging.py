@@ -12,6 +12,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from t2i.io import atomic_file
+
 
 class MetricWriter:
     """TensorBoard event files under `workdir/tensorboard` (`tensorboard --logdir`),
@@ -89,8 +91,6 @@ def make_grid(
 def save_grid(path: str, images: np.ndarray, texts: Sequence[str] | None = None, **kwargs) -> str:
     """Writes the grid as a PNG atomically (temp file, then rename)."""
     grid = make_grid(images, texts, **kwargs)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp.png"
-    Image.fromarray(grid).save(tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
     return path

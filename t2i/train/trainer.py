@@ -154,9 +154,9 @@ def warm_start(state: TrainState, source: str, step: int | None = None) -> Train
     optimizer state and the step start afresh."""
     from flax import traverse_util
 
-    from t2i.cascade import load_stage  # reads workdirs and exports alike
+    from t2i.model_files import load_model  # reads workdirs and exports alike
 
-    source_params = traverse_util.flatten_dict(load_stage(source, step).params, sep="/")
+    source_params = traverse_util.flatten_dict(load_model(source, step).params, sep="/")
     target = traverse_util.flatten_dict(state.params, sep="/")
     unplaced = sorted(set(source_params) - set(target))
     if unplaced:
@@ -209,7 +209,7 @@ def train(
     `interrupt_at_step` behaves exactly like a SIGTERM arriving during that step
     (tests use it to prove that a resumed run reproduces an uninterrupted one).
     """
-    from t2i.tasks import get_task  # the registry imports every family
+    from t2i.families import get_task  # the registry imports every family
 
     task = get_task(config)
     train_cfg = config.train

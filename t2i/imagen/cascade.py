@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -63,132 +61,22 @@ BASE_DEFAULTS = dict(sampler="ddpm", steps=50, guidance_weight=4.0, thresholding
 SR_DEFAULTS = dict(sampler="ddim", steps=16, guidance_weight=1.0, thresholding="none", noise_aug_level=0.1)
 
 
-def default_settings(stage: Stage, **overrides) -> StageSettings:
+def default_settings(stage, **overrides) -> StageSettings:
     """The stage's default settings (by its role: base or super-resolution), overridden."""
     defaults = SR_DEFAULTS if stage.task.super_resolution else BASE_DEFAULTS
     return StageSettings(**{**defaults, **overrides})
 
 
-@dataclasses.dataclass
-class Stage:
-    task: object
-    params: object
-    config: ml_collections.ConfigDict
-    source: str  # the training workdir or the exported file it was loaded from
-    step: int
-
-
 # The committed Shapes cascade (docs/results.md says how it was trained and exported).
-REFERENCE_DIR = Path(__file__).parent / "assets" / "imagen_shapes"
+REFERENCE_DIR = Path(__file__).resolve().parent.parent / "assets" / "imagen_shapes"
 REFERENCE_STAGES = (str(REFERENCE_DIR / "base.npz"), str(REFERENCE_DIR / "sr.npz"))
-_CONFIG_KEY = "__config__"
-_STEP_KEY = "__step__"
 
 
-def _restore_workdir(workdir: str, step: int | None):
-    """(EMA params, config dict, step) of a checkpoint in a training workdir."""
-    from t2i.parallel.mesh import create_mesh
-    from t2i.tasks import get_task
-    from t2i.train.checkpoint import Checkpointer, abstract_like
-    from t2i.train.optim import make_optimizer
-    from t2i.train.trainer import abstract_train_state
+def load_stage(source: str, step: int | None = None):
+    """An Imagen stage (a `t2i.model_files.TrainedModel`) from a workdir or an export."""
+    from t2i.model_files import load_model
 
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(directory):
-        raise UsageError(f"no checkpoints in {workdir}")
-    checkpointer = Checkpointer(directory, async_save=False)
-    try:
-        steps = checkpointer.all_steps()
-        if not steps:
-            raise UsageError(f"no checkpoints in {workdir}")
-        step = max(steps) if step is None else int(step)
-        if step not in steps:
-            raise UsageError(f"{workdir} has no checkpoint at step {step} (it has {', '.join(map(str, steps))})")
-        config_dict = checkpointer.restore_config(step)
-        config = ml_collections.ConfigDict(config_dict)
-        task = get_task(config)
-        tx, _ = make_optimizer(config.optimizer, config.train.num_steps)
-        mesh = create_mesh({"data": 1}, jax.devices()[:1])
-        abstract, shardings = abstract_train_state(task, tx, mesh, jax.random.key(0))
-        state = checkpointer.restore(step, abstract_like(abstract, shardings))
-    finally:
-        checkpointer.close()
-    return state.ema_params, config_dict, step
-
-
-def export_stage(workdir: str, out_path: str, step: int | None = None) -> str:
-    """Writes a checkpoint's EMA params (float16) and config into one .npz file.
-
-    float16 rather than bfloat16: numpy stores it natively and its 10-bit mantissa keeps
-    the weights to about 5e-4 relative error, while every weight of a U-Net trained in
-    f32 lies far inside its range."""
-    if not out_path.endswith(".npz"):
-        raise UsageError(f"the export file must end in .npz, got {out_path}")
-    from t2i.tasks import get_task
-
-    params, config_dict, step = _restore_workdir(workdir, step)
-    task = get_task(ml_collections.ConfigDict(config_dict))
-    return write_export(task.inference_params(params), config_dict, step, out_path)
-
-
-def write_export(params, config_dict: dict, step: int, out_path: str) -> str:
-    """Writes (unboxed) params as float16 with their config and step: a file that
-    `load_stage` reads. Atomic: a failure leaves no half-written file."""
-    from flax import traverse_util
-
-    flat = traverse_util.flatten_dict(jax.device_get(params), sep="/")
-    arrays = {key: np.asarray(value, np.float16) for key, value in flat.items()}
-    for key, value in arrays.items():
-        if not np.all(np.isfinite(value)):
-            raise UsageError(f"{key} overflows float16; keep this checkpoint in its workdir")
-    arrays[_CONFIG_KEY] = np.asarray(json.dumps(config_dict, sort_keys=True))
-    arrays[_STEP_KEY] = np.asarray(step, np.int64)
-    directory = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = out_path[: -len(".npz")] + ".tmp.npz"  # np.savez appends .npz to other names
-    np.savez(tmp, **arrays)
-    os.replace(tmp, out_path)  # never a half-written reference
-    return out_path
-
-
-def _load_export(path: str) -> Stage:
-    from flax import traverse_util
-
-    from t2i.parallel.partitioning import strip_boxes
-    from t2i.tasks import get_task
-
-    with np.load(path) as data:
-        if _CONFIG_KEY not in data.files:
-            raise UsageError(f"{path} is not a t2i stage export (no config inside)")
-        config = ml_collections.ConfigDict(json.loads(str(data[_CONFIG_KEY])))
-        step = int(data[_STEP_KEY])
-        flat = {key: data[key] for key in data.files if key not in (_CONFIG_KEY, _STEP_KEY)}
-    task = get_task(config)
-    abstract = task.inference_params(strip_boxes(jax.eval_shape(task.init, jax.random.key(0))))
-    expected = traverse_util.flatten_dict(abstract, sep="/")
-    if set(expected) != set(flat):
-        missing = sorted(set(expected) - set(flat))[:3]
-        raise UsageError(f"{path} does not match its config's model (missing e.g. {missing})")
-    params = {}
-    for key, spec in expected.items():
-        if flat[key].shape != spec.shape:
-            raise UsageError(f"{path}: {key} has shape {flat[key].shape}, the model wants {spec.shape}")
-        params[key] = jnp.asarray(flat[key], spec.dtype)
-    return Stage(task=task, params=traverse_util.unflatten_dict(params, sep="/"), config=config, source=path, step=step)
-
-
-def load_stage(source: str, step: int | None = None) -> Stage:
-    """A stage from a training workdir (EMA params of the newest checkpoint, or of
-    `step`) or from an exported .npz file."""
-    from t2i.tasks import get_task
-
-    if source.endswith(".npz"):
-        if not os.path.isfile(source):
-            raise UsageError(f"stage file not found: {source}")
-        return _load_export(source)
-    params, config_dict, step = _restore_workdir(source, step)
-    config = ml_collections.ConfigDict(config_dict)
-    return Stage(task=get_task(config), params=params, config=config, source=source, step=step)
+    return load_model(source, step, family="imagen")
 
 
 def text_front_end(config: ml_collections.ConfigDict):
@@ -252,7 +140,7 @@ def _compiled_sampler(task, setting: StageSettings):
 
 
 def run_cascade(
-    stages: Sequence[Stage], settings: Sequence[StageSettings], prompts: Sequence[str], seed: int, batch_size: int = 16
+    stages: Sequence, settings: Sequence[StageSettings], prompts: Sequence[str], seed: int, batch_size: int = 16
 ) -> np.ndarray:
     """uint8 images [N, S, S, 3] at the last stage's resolution."""
     if len(settings) != len(stages):
@@ -278,3 +166,57 @@ def run_cascade(
             images = sample(stage.params, batch, jax.random.fold_in(rng, index))
         outputs.append(np.asarray(jax.device_get(images))[: len(chunk)])
     return np.concatenate(outputs)
+
+
+def imagen_pipeline(prompts: Sequence[str], seed: int, options: dict) -> tuple[np.ndarray, dict]:
+    """The Imagen cascade from training workdirs or exported stages (`--checkpoint`,
+    base first); without any, the committed Shapes reference cascade."""
+    sources = options.get("checkpoints") or list(REFERENCE_STAGES)
+    stages = [load_stage(source) for source in sources]
+    per_stage = stage_options(options, len(stages))
+    settings = [default_settings(stage, **given) for stage, given in zip(stages, per_stage)]
+    images = run_cascade(stages, settings, prompts, seed, batch_size=int(options.get("batch_size", 16)))
+    described = [
+        dict(source=stage.source, step=stage.step, **dataclasses.asdict(setting))
+        for stage, setting in zip(stages, settings)
+    ]
+    return images, {"pipeline": "imagen", "stages": described}
+
+
+def _interval(text: str) -> tuple[float | None, float | None]:
+    from t2i.diffusion.samplers import parse_interval
+
+    return parse_interval(text)
+
+
+# Per-stage options: the `t2i sample` flag -> (StageSettings field, type). Each flag takes
+# comma-separated values, one per stage (base first), or one for every stage.
+STAGE_FLAGS = {
+    "sampler": ("sampler", str),
+    "steps": ("steps", int),
+    "guidance": ("guidance_weight", float),
+    "thresholding": ("thresholding", str),
+    "percentile": ("percentile", float),
+    "aug_level": ("noise_aug_level", float),
+    "guidance_interval": ("guidance_interval", _interval),  # LO:HI in log-SNR, e.g. "-6:2,:"
+}
+
+
+def stage_options(options: dict, num_stages: int) -> list[dict]:
+    """Per-stage settings from comma-separated option strings ("5,3": base 5, SR 3;
+    one value serves every stage)."""
+    per_stage = [dict() for _ in range(num_stages)]
+    for option, (name, kind) in STAGE_FLAGS.items():
+        text = options.get(option)
+        if text is None:
+            continue
+        flag = "--" + option
+        values = str(text).split(",")
+        if len(values) not in (1, num_stages):
+            raise UsageError(f"{flag} has {len(values)} values for {num_stages} stages")
+        for index in range(num_stages):
+            try:
+                per_stage[index][name] = kind(values[index if len(values) > 1 else 0])
+            except ValueError as error:
+                raise UsageError(f"bad value for {flag}: {text!r} ({error})") from None
+    return per_stage

@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from t2i.classifier.model import ShapesClassifier, decode, grid_targets
 from t2i.data import shapes
-from t2i.models.classifier import ShapesClassifier, decode, grid_targets
-from t2i.tasks.base import Task, ratio
+from t2i.train.task import Task, ratio
 
 # Position counts as right when the predicted centre is within this distance of the
 # truth on both axes: one pixel at 32 px, a tenth of the 3x3 cell the captions name.

@@ -4,7 +4,7 @@ Improved VQGAN"), the image tokenizer of Parti.
 Encoder: non-overlapping p x p patches -> linear embedding + fixed 2-d sine-cosine
 positions -> pre-LN Transformer blocks -> LayerNorm -> a two-layer feed-forward head
 with tanh in the middle (the paper's fix for training stability). The factorized,
-l2-normalised quantizer (`t2i.models.quantizer`) turns each token into a code.
+l2-normalised quantizer (`t2i.vqgan.quantizer`) turns each token into a code.
 Decoder: the mirror image, ending in a tanh feed-forward head that predicts each
 patch's pixels (3 channels, or 6 for the logit-Laplace loss: a location and a log
 scale per channel). Encoder and decoder sizes are chosen separately (Parti pairs a
@@ -22,10 +22,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from t2i.models.quantizer import FactorizedQuantizer
 from t2i.nn.layers import Dense
 from t2i.nn.patches import patchify, unpatchify
 from t2i.nn.transformer import LayerNorm, sincos_2d, transformer_stack
+from t2i.vqgan.quantizer import FactorizedQuantizer
 
 Dtype = Any
 

@@ -29,12 +29,12 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from t2i.models import quantizer as vq
-from t2i.models.gan import Discriminator, discriminator_loss, generator_loss, r1_penalty
-from t2i.models.reconstruction import l2_loss, logit_laplace_image, logit_laplace_nll, perceptual_distance
-from t2i.models.vit_vqgan import ViTVQGAN
-from t2i.tasks.base import Task
 from t2i.train.state import STATE_INPUTS
+from t2i.train.task import Task
+from t2i.vqgan import quantizer as vq
+from t2i.vqgan.gan import Discriminator, discriminator_loss, generator_loss, r1_penalty
+from t2i.vqgan.reconstruction import l2_loss, logit_laplace_image, logit_laplace_nll, perceptual_distance
+from t2i.vqgan.vit_vqgan import ViTVQGAN
 
 GENERATOR = "generator"
 DISCRIMINATOR = "discriminator"
@@ -102,9 +102,9 @@ class VQGANTask(Task):
             if not loss.get("perceptual_network"):
                 raise ValueError(
                     "loss.perceptual_weight > 0 needs loss.perceptual_network (a converted VGG16/LPIPS "
-                    ".npz, see t2i.models.perceptual); set the weight to 0 to train without it"
+                    ".npz, see t2i.vqgan.perceptual); set the weight to 0 to train without it"
                 )
-            from t2i.models.perceptual import load_perceptual
+            from t2i.vqgan.perceptual import load_perceptual
 
             self.perceptual_features, self.perceptual_channel_weights = load_perceptual(loss.perceptual_network)
 

@@ -1,6 +1,6 @@
 """Score an Imagen cascade on Shapes prompts over a grid of sampling settings.
 
-  python -m t2i.evaluation.imagen_sweep --base runs/imagen_base --sr runs/imagen_sr \
+  python -m t2i.imagen.sweep --base runs/imagen_base --sr runs/imagen_sr \
       --splits test,heldout --num 200 --guidance 1,3,5,8 --thresholding none,dynamic \
       --out docs/results/imagen_guidance.jsonl
 
@@ -103,7 +103,7 @@ def markdown_table(path: str) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "table":  # python -m t2i.evaluation.imagen_sweep table FILE.jsonl
+    if argv and argv[0] == "table":  # python -m t2i.imagen.sweep table FILE.jsonl
         print(markdown_table(argv[1]))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch_size", type=int, default=50)
     # Unset settings are those `t2i sample --pipeline imagen` and `make demo` use, so a
     # sweep without flags scores what a user of the reference cascade gets.
-    from t2i.cascade import BASE_DEFAULTS, SR_DEFAULTS, StageSettings
+    from t2i.imagen.cascade import BASE_DEFAULTS, SR_DEFAULTS, StageSettings
 
     interval = ":".join("" if v is None else f"{v:g}" for v in BASE_DEFAULTS["guidance_interval"])
     parser.add_argument("--sampler", default=BASE_DEFAULTS["sampler"], help="base sampler(s)")
@@ -155,11 +155,11 @@ def main(argv=None) -> int:
 def _sweep(args) -> int:
     import numpy as np
 
-    from t2i.cascade import SR_DEFAULTS, StageSettings, load_stage, run_cascade
     from t2i.cli import split_prompts
     from t2i.diffusion import samplers
     from t2i.diffusion.samplers import parse_interval
     from t2i.evaluation import shapes_eval
+    from t2i.imagen.cascade import SR_DEFAULTS, StageSettings, load_stage, run_cascade
     from t2i.train.logging import save_grid
 
     splits = args.splits.split(",")

@@ -24,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from t2i.diffusion import gaussian, samplers, schedules
-from t2i.models import attention_maps
+from t2i.imagen import attention_maps
+from t2i.imagen.unet import EfficientUNet
 from t2i.nn.layers import named
-from t2i.models.unet import EfficientUNet
-from t2i.tasks.base import Task
+from t2i.train.task import Task
 
 
 class ImagenStage(nn.Module):

@@ -9,8 +9,8 @@ and `metrics.json` (PSNR, codebook usage and perplexity over the images).
 `<build>/image_tokens/<name>/<split>.array_record`, one record per example (a msgpack
 dict: `tokens` int16 [g, g], `caption`, and the structured scene: `kind`,
 `num_objects`, `color`, `shape`, `size`, `cx`, `cy`, `r`, as the input pipeline gives
-them), in the split's order, with `info.json` naming the tokenizer. `TokenSource`
-reads them back by index (grain's random-access source protocol).
+them), in the split's order, with `info.json` naming the tokenizer
+(`t2i.data.token_grids` is the format; its `TokenGridSource` reads them back).
 
 Both write into a temporary folder beside the target and move it into place at the
 end: a failure leaves no half-written output.
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -31,21 +29,17 @@ import numpy as np
 from PIL import Image
 
 from t2i.errors import UsageError
+from t2i.io import atomic_dir
 
-REFERENCE_TOKENIZER = str(Path(__file__).parent / "assets" / "vit_vqgan_shapes.npz")
-SCENE_KEYS = ("kind", "num_objects", "color", "shape", "size", "cx", "cy", "r")
+REFERENCE_TOKENIZER = str(Path(__file__).resolve().parent.parent / "assets" / "vit_vqgan_shapes.npz")
 
 
 def load_tokenizer(source: str | None = None, step: int | None = None):
-    """A trained tokenizer (`cascade.Stage`) from a workdir or an export; the committed
-    Shapes reference when `source` is None."""
-    from t2i.cascade import load_stage
-    from t2i.tasks.vqgan import VQGANTask
+    """A trained tokenizer (`t2i.model_files.TrainedModel`) from a workdir or an export;
+    the committed Shapes reference when `source` is None."""
+    from t2i.model_files import load_model
 
-    stage = load_stage(source or REFERENCE_TOKENIZER, step)
-    if not isinstance(stage.task, VQGANTask):
-        raise UsageError(f"{stage.source} is a {stage.config.task} model, not an image tokenizer (vit_vqgan)")
-    return stage
+    return load_model(source or REFERENCE_TOKENIZER, step, family="vit_vqgan")
 
 
 def _data_config(stage, data_dir: str | None, builder_config: str | None) -> ml_collections.ConfigDict:
@@ -68,22 +62,6 @@ def _batches(stage, data, split: str, num: int | None, batch_size: int):
         raise UsageError(f"--batch_size must be at least 1, got {batch_size}")
     for batch in pipeline.eval_batches(data, split, batch_size, limit=num):
         yield batch, int(np.sum(batch["valid"]))
-
-
-def _staging(out_dir: str) -> str:
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
-        raise UsageError(f"output folder {out_dir} exists and is not empty")
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".t2i_tokens_", dir=parent)
-    os.chmod(staging, 0o755)  # mkdtemp's 0700 would outlive the rename
-    return staging
-
-
-def _commit(staging: str, out_dir: str) -> None:
-    if os.path.isdir(out_dir):
-        os.rmdir(out_dir)  # empty, checked before
-    os.replace(staging, out_dir)
 
 
 def codebook_statistics(codes: np.ndarray, num_codes: int) -> dict:
@@ -109,8 +87,8 @@ def reconstruct_split(
     grid_examples: int = 16,
 ) -> dict:
     """Round-trips the first `num` images of `split`; returns the metrics it wrote."""
-    from t2i.tasks.vqgan import psnr, to_model_range
     from t2i.train.logging import save_grid
+    from t2i.vqgan.task import psnr, to_model_range
 
     if num < 1:
         raise UsageError(f"--num must be at least 1, got {num}")
@@ -120,8 +98,7 @@ def reconstruct_split(
     reconstruct = jax.jit(task.reconstruct)
     batches = _batches(stage, data, split, num, batch_size)  # errors before anything is written
     first = next(batches)
-    staging = _staging(out_dir)
-    try:
+    with atomic_dir(out_dir) as staging:
         originals, recons, captions, codes, scores = [], [], [], [], []
         index = 0
         with open(os.path.join(staging, "manifest.jsonl"), "w") as manifest:
@@ -153,15 +130,7 @@ def reconstruct_split(
         )
         with open(os.path.join(staging, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=1, sort_keys=True)
-        _commit(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return metrics
-
-
-def tokens_dir(build_dir: str, name: str) -> str:
-    return os.path.join(build_dir, "image_tokens", name)
 
 
 def tokenize_splits(
@@ -176,9 +145,9 @@ def tokenize_splits(
 ) -> str:
     """Writes every example of `splits` as token grids beside the build; returns the folder."""
     from array_record.python.array_record_module import ArrayRecordWriter
-    from flax import serialization
 
     from t2i.data import pipeline
+    from t2i.data.token_grids import SCENE_KEYS, encode_record, tokens_dir
 
     task = stage.task
     data = _data_config(stage, data_dir, builder_config)
@@ -189,10 +158,7 @@ def tokenize_splits(
         if not overwrite:
             raise UsageError(f"{out_dir} exists; pass --overwrite to replace it")
     tokenize = jax.jit(task.tokenize)
-    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".t2i_tokens_", dir=os.path.dirname(out_dir))
-    os.chmod(staging, 0o755)  # mkdtemp's 0700 would outlive the rename
-    try:
+    with atomic_dir(out_dir, existing="replace") as staging:
         counts = {}
         for split in splits:
             writer = ArrayRecordWriter(os.path.join(staging, f"{split}.array_record"), "group_size:1")
@@ -200,9 +166,8 @@ def tokenize_splits(
             for batch, valid in _batches(stage, data, split, None, batch_size):
                 grids = np.asarray(jax.device_get(tokenize(stage.params, batch[task.image_key])))
                 for row in range(valid):
-                    record = {"tokens": grids[row].astype(np.int16), "caption": str(batch["caption"][row])}
-                    record.update({k: np.asarray(batch[k][row]) for k in SCENE_KEYS})
-                    writer.write(serialization.msgpack_serialize(record))
+                    scene = {key: batch[key][row] for key in SCENE_KEYS}
+                    writer.write(encode_record(grids[row], batch["caption"][row], scene))
                     count += 1
             writer.close()
             counts[split] = count
@@ -217,34 +182,4 @@ def tokenize_splits(
         )
         with open(os.path.join(staging, "info.json"), "w") as f:
             json.dump(info, f, indent=1, sort_keys=True)
-        if os.path.exists(out_dir):
-            shutil.rmtree(out_dir)
-        os.replace(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out_dir
-
-
-class TokenSource:
-    """Random access to a tokenized split: `len(source)`, `source[i]` -> dict."""
-
-    def __init__(self, directory: str, split: str):
-        from array_record.python.array_record_module import ArrayRecordReader
-
-        path = os.path.join(directory, f"{split}.array_record")
-        if not os.path.isfile(path):
-            raise UsageError(f"no tokenized split {split} in {directory} (run t2i tokenize)")
-        with open(os.path.join(directory, "info.json")) as f:
-            self.info = json.load(f)
-        self._reader = ArrayRecordReader(path)
-
-    def __len__(self) -> int:
-        return self._reader.num_records()
-
-    def __getitem__(self, index: int) -> dict:
-        from flax import serialization
-
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        return serialization.msgpack_restore(self._reader.read([index])[0])

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t2i.errors import UsageError
+from t2i.io import atomic_file
 
 # Convolutions per block of VGG16, and their indices in torchvision's `features`.
 VGG16_BLOCKS = (2, 2, 3, 3, 3)
@@ -97,9 +98,9 @@ def convert_files(vgg_path: str, out_path: str, lpips_path: str | None = None) -
     if not out_path.endswith(".npz"):
         raise UsageError(f"the converted file must end in .npz, got {out_path}")
     arrays = convert_vgg16(_read(vgg_path), _read(lpips_path) if lpips_path else None)
-    tmp = out_path[: -len(".npz")] + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, out_path)
+    with atomic_file(out_path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
     return out_path
 
 
@@ -109,7 +110,7 @@ def load_perceptual(path: str) -> tuple[Callable, list[jax.Array] | None]:
     arrays = _read(path)
     layers = len(TORCH_CONV_INDICES)
     if f"conv_{layers - 1}/kernel" not in arrays:
-        raise UsageError(f"{path} is not a converted VGG16 (run t2i.models.perceptual.convert_files)")
+        raise UsageError(f"{path} is not a converted VGG16 (run t2i.vqgan.perceptual.convert_files)")
     params = {
         f"conv_{i}": {"kernel": arrays[f"conv_{i}/kernel"], "bias": arrays[f"conv_{i}/bias"]} for i in range(layers)
     }

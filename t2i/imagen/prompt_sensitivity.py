@@ -7,8 +7,8 @@ near zero on the position pairs however well it draws colours. At high noise (lo
 -4) the layout can come from the text alone, so that is where the position and relation
 numbers matter.
 
-  python -m t2i.evaluation.prompt_sensitivity --stage t2i/assets/imagen_shapes/base.npz
-  python -m t2i.evaluation.prompt_sensitivity --stage runs/imagen_base --step 2000
+  python -m t2i.imagen.prompt_sensitivity --stage t2i/assets/imagen_shapes/base.npz
+  python -m t2i.imagen.prompt_sensitivity --stage runs/imagen_base --step 2000
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ PAIRS = {
 def prompt_sensitivity(stage, logsnr: float, seed: int = 0, pairs_by_attribute=None) -> dict[str, float]:
     """{attribute: mean over its pairs of the RMS x0 difference} for one base stage
     (`pairs_by_attribute`: like PAIRS, the default)."""
-    from t2i.cascade import text_front_end
+    from t2i.imagen.cascade import text_front_end
 
     pairs_by_attribute = PAIRS if pairs_by_attribute is None else pairs_by_attribute
     if stage.task.super_resolution:
@@ -72,7 +72,7 @@ def prompt_sensitivity(stage, logsnr: float, seed: int = 0, pairs_by_attribute=N
 
 
 def main(argv=None) -> int:
-    from t2i.cascade import load_stage
+    from t2i.imagen.cascade import load_stage
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--stage", required=True, help="a base stage: training workdir or exported .npz")

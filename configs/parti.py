@@ -1,0 +1,129 @@
+"""Parti (Yu et al. 2022): an encoder-decoder Transformer from caption tokens to ViT-VQGAN
+image tokens.
+
+Shapes on a CPU (the default): the small build's captions and the token grids of the
+committed tokenizer (8x8 tokens of 1,024 codes per 64x64 image):
+  t2i data build shapes --builder_config small
+  t2i tokenize
+  t2i train --config configs/parti.py --workdir runs/parti
+  t2i export --workdir runs/parti --out runs/parti.npz
+  t2i sample --pipeline parti --checkpoint runs/parti.npz --split test --num 200 --out out/parti
+
+Paper sizes (`:size=350M|750M|3B|20B`, table 1 of the paper): 128 text tokens, a 32x32
+grid of 8,192 codes (a 256x256 ViT-VQGAN), bf16 compute, scanned and rematerialised
+layers, Adafactor; the parallelism of the paper: 350M and 750M data parallel, 3B with
+4-way in-layer model parallelism (`tensor=4`), 20B (trained with GSPMD pipelines in
+the paper, which t2i does not implement) with its weights sharded over `fsdp` and
+16-way `tensor`. Their text tokenizer is the user's sentencepiece model
+(`--config.data.tokenizer=PATH`; the paper's has 16,000 pieces, which the parameter
+counts assume).
+
+Arguments (comma separated): `size=`, `tiny` (tests), `data=` (another Shapes build),
+`tokens=` (the token grids' folder name under the build's image_tokens/).
+"""
+
+import ml_collections
+
+from t2i.config import parse_arg
+from t2i.train.defaults import default_train_config
+from t2i.train.optim import default_optimizer_config
+
+PAPER_SIZES = ("350M", "750M", "3B", "20B")
+
+# Mesh per paper size (data, fsdp, tensor; -1 takes the remaining devices).
+PAPER_MESH = {
+    "350M": dict(data=-1, fsdp=1, tensor=1),
+    "750M": dict(data=-1, fsdp=1, tensor=1),
+    "3B": dict(data=-1, fsdp=1, tensor=4),
+    "20B": dict(data=1, fsdp=-1, tensor=16),
+}
+
+
+def get_config(arg=None):
+    args = parse_arg(arg)
+    size = args.get("size", "shapes")
+    paper = size in PAPER_SIZES
+    if size not in ("shapes", "tiny") + PAPER_SIZES:
+        raise ValueError(f"unknown size {size!r}; sizes are shapes, {', '.join(PAPER_SIZES)}")
+
+    config = ml_collections.ConfigDict()
+    config.task = "parti"
+    config.seed = 0
+    config.mesh = ml_collections.ConfigDict(PAPER_MESH[size] if paper else dict(data=-1, fsdp=1, tensor=1))
+    config.data = ml_collections.ConfigDict(
+        dict(
+            builder_config=args.get("data", "small"),
+            data_dir="data/tfds",
+            split="train",
+            batch_size=2048 if paper else 64,
+            seed=0,
+            num_threads=2,
+            prefetch=4,
+            tokenizer="shapes",
+            text_embeddings="",
+            max_text_length=128 if paper else 24,
+            image_tokens=args.get("tokens", "vit_vqgan"),
+        )
+    )
+    config.model = ml_collections.ConfigDict(
+        dict(
+            size=size,
+            grid=32 if paper else 8,
+            num_codes=8192 if paper else 1024,
+            tie_embeddings=True,
+            dropout_rate=0.0 if paper else 0.1,
+            # Scanned layers compile once however deep; rematerialisation trades a second
+            # forward pass for activation memory (t2i.nn.transformer.REMAT_POLICIES).
+            scan=paper,
+            remat="full" if paper else "none",
+            dtype="bfloat16" if paper else "float32",
+            param_dtype="float32",
+            image_tokenizer="",  # "" = the committed Shapes ViT-VQGAN (t2i/assets/vit_vqgan_shapes.npz)
+        )
+    )
+    config.loss = ml_collections.ConfigDict(
+        dict(
+            cond_drop_prob=0.1,  # captions dropped for classifier-free guidance
+            label_smoothing=0.0,
+            z_loss=1e-4 if paper else 0.0,
+        )
+    )
+    # What `t2i sample --pipeline parti` uses unless a flag says otherwise.
+    config.sampling = ml_collections.ConfigDict(dict(guidance_weight=3.0, temperature=1.0, top_k=0, top_p=1.0))
+    # Adafactor (as Parti), global-norm clipping at 1, linear warm-up then cosine.
+    config.optimizer = default_optimizer_config()
+    config.optimizer.name = "adafactor"
+    config.optimizer.learning_rate = 1e-3 if paper else 3e-3
+    config.optimizer.warmup_steps = 5_000 if paper else 200
+    config.optimizer.end_lr_fraction = 0.025 if paper else 0.05
+    config.optimizer.weight_decay = 0.0
+    config.optimizer.clip_norm = 1.0
+
+    config.train = default_train_config()
+    config.train.num_steps = 450_000 if paper else 4_000
+    config.train.log_every = 50
+    config.train.checkpoint_every = 500
+    config.train.eval_every = 1_000
+    config.train.eval_split = "validation"
+    config.train.eval_examples = 0
+    config.train.ema_decay = 0.999
+    config.train.sample_every = 0  # sampling costs a minute of CPU; score exports afterwards
+    config.train.num_samples = 16
+    config.train.sample_scale = 2
+
+    if args.get("tiny") or size == "tiny":
+        config.model.size = "tiny"
+        config.data.builder_config = args.get("data", "tiny")
+        config.data.batch_size = 8
+        config.data.num_threads = 0
+        config.data.max_text_length = 24
+        config.model.grid = 4
+        config.model.num_codes = 16
+        config.model.dropout_rate = 0.0
+        config.train.num_steps = 4
+        config.train.log_every = 1
+        config.train.checkpoint_every = 2
+        config.train.eval_every = 0
+        config.train.eval_examples = 16
+        config.optimizer.warmup_steps = 1
+    return config

@@ -1,0 +1,14 @@
+"""The `t2i sample --pipeline parti` flags (no heavy imports: the CLI reads this to build
+its parser). `t2i.parti.pipeline` parses their values."""
+
+# The flags of `t2i sample` that this pipeline reads (name -> (type, help)); the CLI
+# adds them to its parser from the family registry.
+OPTIONS = {
+    "guidance": (float, "classifier-free guidance weight on the logits (default: the model's)"),
+    "temperature": (float, "softmax temperature, 0 = greedy (default: the model's)"),
+    "top_k": (int, "keep the k most likely tokens, 0 = all (default: the model's)"),
+    "top_p": (float, "nucleus sampling mass in (0, 1] (default: the model's)"),
+    "num_candidates": (int, "samples per prompt, the reranker keeps the best (default 1)"),
+    "reranker": (str, "CLIP workdir or export that re-ranks candidates (default: the committed Shapes CLIP)"),
+    "image_tokenizer": (str, "ViT-VQGAN workdir or export that decodes the tokens (default: the model's)"),
+}
