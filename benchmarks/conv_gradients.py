@@ -7,9 +7,9 @@ and gradients, XLA's and t2i's, against PyTorch's on the same shapes.
 Shapes are batch x side x in x out channels, fp32, "SAME" padding, stride 1; the
 default is the 3x3 layers of the throughput benchmark's U-Net (32x32 to 8x8, 64 to 512
 channels). Per shape, the JAX rows are XLA's own convolution and t2i's
-`conv_general_dilated` (t2i/models/conv.py) in its two CPU modes: "banded" (XLA's
+`conv_general_dilated` (t2i/nn/conv.py) in its two CPU modes: "banded" (XLA's
 forward and input gradient, the kernel gradient as a banded patches^T @ dy product)
-and "auto", what t2i trains with (Winograd F(4x4, 3x3), t2i/models/winograd.py). The
+and "auto", what t2i trains with (Winograd F(4x4, 3x3), t2i/nn/winograd.py). The
 JAX functions' calls are interleaved round by round, so a noisy machine slows them
 alike; medians of 10 timed rounds after 3 warm-up rounds. The torch side (2 threads,
 `torch.nn.Conv2d` without bias) runs in a subprocess afterwards. Results go in

@@ -78,7 +78,7 @@ def main() -> None:
 
                 return jax.lax.cond((logsnr[0] >= lo) & (logsnr[0] <= hi), guided, plain, x, logsnr)
 
-            # the cascade's use of the stage's key (t2i/tasks/imagen.py: init, aug, sample)
+            # the cascade's use of the stage's key (t2i/imagen/task.py: init, aug, sample)
             init_rng, _, sample_rng = jax.random.split(rng, 3)
             x = jax.random.normal(init_rng, (batch, task.resolution, task.resolution, 3))
             grid = schedules.sampling_grid(task.schedule, setting.steps)

@@ -94,7 +94,7 @@ print(json.dumps({"parameters": params, "device": device, "gflop_per_step": coun
 def t2i_side(
     steps: int, batch: int, dtype: str, modes: list[str], profile_dir: str = "", block: int = 5, other_block=None
 ) -> dict:
-    """Times the training step per convolution mode (t2i/models/conv.py: "auto" is
+    """Times the training step per convolution mode (t2i/nn/conv.py: "auto" is
     what t2i trains with, "banded" leaves out Winograd's 3x3 convolutions, "xla" is
     XLA's own convolution and gradients) in alternating blocks of `block` steps, so
     that a noisy machine slows every mode alike;
@@ -142,7 +142,7 @@ def t2i_side(
         return step
 
     def lower(mode):
-        # The mode is read when the step is traced (t2i/models/conv.py).
+        # The mode is read when the step is traced (t2i/nn/conv.py).
         os.environ["T2I_CONV"] = mode
         try:
             params = unet.init(rng, x0, jnp.zeros(batch), text, mask)
@@ -319,7 +319,7 @@ def main() -> None:
     parser.add_argument(
         "--conv",
         default="auto,xla",
-        help="t2i convolution modes to time, comma-separated (auto, banded, xla: t2i/models/conv.py); "
+        help="t2i convolution modes to time, comma-separated (auto, banded, xla: t2i/nn/conv.py); "
         "the first is t2i's row",
     )
     parser.add_argument("--block", type=int, default=5, help="steps per side before switching to the other")

@@ -91,7 +91,7 @@ def get_config(arg=None):
             snr_floor=1.0 if stage == "base" else 0.0,
             cond_drop_prob=0.1,
             # Weight of the token-level attention loss (each object's colour and shape
-            # words attend inside its box; t2i/models/attention_maps.py). Not in Imagen;
+            # words attend inside its box; t2i/imagen/attention_maps.py). Not in Imagen;
             # 0 turns it off.
             attention_loss_weight=0.0,
             noise_aug_max=0.5,

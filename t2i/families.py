@@ -40,13 +40,13 @@ FAMILIES: dict[str, Family] = {
     "imagen": Family(
         task="t2i.imagen.task:ImagenTask",
         pipeline="t2i.imagen.cascade:imagen_pipeline",
-        options="t2i.imagen.cascade:OPTIONS",
+        options="t2i.imagen.options:OPTIONS",
     ),
     "vit_vqgan": Family(task="t2i.vqgan.task:VQGANTask"),
     "parti": Family(
         task="t2i.parti.task:PartiTask",
         pipeline="t2i.parti.pipeline:parti_pipeline",
-        options="t2i.parti.pipeline:OPTIONS",
+        options="t2i.parti.options:OPTIONS",
     ),
     "clip": Family(task="t2i.clip.task:CLIPTask"),
 }

@@ -1,4 +1,4 @@
-"""Cross-attention maps and the token-region loss (t2i/models/attention_maps.py), and
+"""Cross-attention maps and the token-region loss (t2i/imagen/attention_maps.py), and
 the caption bookkeeping that feeds it (which words name which object, where they sit
 among MiniLM's tokens)."""
 

@@ -1,4 +1,4 @@
-"""t2i's CPU convolutions (t2i/models/conv.py: Winograd F(4x4, 3x3) for 3x3 layers, a
+"""t2i's CPU convolutions (t2i/nn/conv.py: Winograd F(4x4, 3x3) for 3x3 layers, a
 banded kernel gradient for the rest) against XLA's."""
 
 import jax

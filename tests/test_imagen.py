@@ -145,7 +145,7 @@ def test_base_sampling_with_guidance_and_thresholding(tiny_data_dir):
     unguided = sampled("sampling.guidance_weight=1.0")
     outside = sampled("sampling.guidance_weight=3.0", "sampling.guidance_interval=(50.0,60.0)")
     # Equal but for float rounding: the guided program runs the model on twice the
-    # batch, and the CPU convolutions' batched products (t2i/models/winograd.py) may
+    # batch, and the CPU convolutions' batched products (t2i/nn/winograd.py) may
     # sum in another order at another batch size: a pixel here and there one level off.
     off = np.abs(np.asarray(outside, np.int32) - np.asarray(unguided, np.int32))
     assert off.max() <= 1 and (off > 0).mean() < 1e-3

@@ -5,7 +5,7 @@
       --out docs/results/imagen_guidance.jsonl
 
 Settings left unset are the cascade's defaults (`BASE_DEFAULTS` and `SR_DEFAULTS` in
-`t2i/cascade.py`), the ones `t2i sample --pipeline imagen` uses.
+`t2i/imagen/cascade.py`), the ones `t2i sample --pipeline imagen` uses.
 
 Every combination of the comma-separated base-stage settings (and of `--base_steps`,
 checkpoints of the base workdir: a learning curve) samples the first `--num` captions

@@ -165,7 +165,7 @@ class ImagenTask(Task):
         self.parametrization = diffusion.parametrization
         # Token-level attention supervision (not in Imagen; off by default): each
         # object's colour and shape words should attend inside its box
-        # (t2i/models/attention_maps.py). The data pipeline adds the words' positions.
+        # (t2i/imagen/attention_maps.py). The data pipeline adds the words' positions.
         self.attention_loss_weight = float(diffusion.get("attention_loss_weight", 0.0))
         if self.attention_loss_weight:
             if (

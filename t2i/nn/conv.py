@@ -6,7 +6,7 @@ gradients"), and convolutions dominate a U-Net training step.
 
 What runs on CPU:
 - float32 3x3 stride-1 "SAME" convolutions of at least 8x8 outputs (every 3x3 layer of
-  the U-Nets but the smallest) take Winograd's F(4x4, 3x3) (t2i/models/winograd.py):
+  the U-Nets but the smallest) take Winograd's F(4x4, 3x3) (t2i/nn/winograd.py):
   a quarter of the multiply-adds in the forward pass and both gradients, 1.5-2.8x
   faster than XLA's convolution with the banded kernel gradient below, per layer
   (`benchmarks/conv_gradients.py`).

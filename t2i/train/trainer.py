@@ -1,6 +1,6 @@
 """The generic trainer that every model family goes through.
 
-A family supplies a `Task` (see `t2i/tasks/base.py`): how to initialise its params,
+A family supplies a `Task` (see `t2i/train/task.py`): how to initialise its params,
 its loss, and optionally eval metrics and a picture of what it does. The trainer owns
 everything else: mesh, sharded state, the jitted and donated step, the data iterator,
 checkpoints, logs, signals and non-finite steps.
