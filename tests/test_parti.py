@@ -345,3 +345,93 @@ def test_sharded_loss_and_gradients_match_one_device(one_device_loss_and_grads, 
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), grads, reference_grads)
     if sharded_axis:
         assert any(sharded_axis in str(spec) for spec in specs), specs
+
+
+# ------------------------------------------------------------------------ pipeline
+@pytest.fixture(scope="module")
+def tiny_exports(tmp_path_factory):
+    """A tiny Parti and a tiny ViT-VQGAN (4x4 grid of 16 codes) as export files,
+    untrained: the pipeline's plumbing does not need a good model."""
+    from t2i.config import to_json
+    from t2i.families import get_task
+    from t2i.model_files import write_export
+    from t2i.parallel.partitioning import strip_boxes
+
+    out = tmp_path_factory.mktemp("exports")
+    paths = {}
+    for name, spec in (("parti", CONFIG + ":tiny"), ("vit_vqgan", os.path.join(REPO, "configs/vit_vqgan.py:tiny"))):
+        config = load_config(spec)
+        if name == "vit_vqgan":
+            config.loss.adversarial_weight = 0.0
+        task = get_task(config)
+        params = task.inference_params(strip_boxes(task.init(jax.random.key(0))))
+        paths[name] = write_export(params, to_json(config), 0, str(out / f"{name}.npz"))
+    return paths
+
+
+class _CountingScorer:
+    """Stands in for CLIP: prefers the candidate whose image is darkest."""
+
+    source = "counting"
+
+    def score(self, images, prompts):
+        assert len(images) == len(prompts)
+        return -np.asarray(images, np.float64).mean(axis=(1, 2, 3))
+
+
+def test_generate_keeps_the_best_candidate_and_is_reproducible(tiny_exports):
+    from t2i.model_files import load_model
+    from t2i.parti.pipeline import generate
+
+    model = load_model(tiny_exports["parti"], family="parti")
+    tokenizer = load_model(tiny_exports["vit_vqgan"], family="vit_vqgan")
+    settings = DecodeSettings(guidance_weight=2.0, temperature=1.0)
+    prompts = ["a red circle", "two blue squares", "a green triangle"]
+    one, none = generate(model, tokenizer, prompts, 3, settings, batch_size=2)
+    assert one.shape == (3, 32, 32, 3) and one.dtype == np.uint8 and none is None
+    best, scores = generate(
+        model, tokenizer, prompts, 3, settings, num_candidates=4, scorer=_CountingScorer(), batch_size=5
+    )
+    assert scores.shape == (3, 4)
+    np.testing.assert_array_equal(best.mean(axis=(1, 2, 3)), -scores.max(axis=1))
+    # Candidate 0 of each prompt is the single sample: same key, whatever the batching.
+    unranked, _ = generate(model, tokenizer, prompts, 3, settings, num_candidates=4, batch_size=3)
+    np.testing.assert_array_equal(unranked, one)
+
+
+def test_sample_command_writes_a_manifest_and_refuses_bad_input(tmp_path, tiny_exports, capsys):
+    from t2i.cli import main
+
+    base = ["sample", "--pipeline", "parti", "--checkpoint", tiny_exports["parti"]]
+    base += ["--image_tokenizer", tiny_exports["vit_vqgan"], "--batch_size", "2"]
+    out = tmp_path / "samples"
+    assert main(base + ["--prompt", "a red circle", "--out", str(out), "--top_k", "5", "--guidance", "2"]) == 0
+    line = json.loads(open(out / "manifest.jsonl").read())
+    settings = line["settings"]
+    assert settings["pipeline"] == "parti" and settings["top_k"] == 5 and settings["guidance_weight"] == 2.0
+    assert settings["temperature"] == 1.0  # the model's own default, from its config
+    assert (out / line["image"]).is_file()
+
+    cases = [
+        (["--prompt", "a red circle", "--top_p", "0"], "--top_p must be in (0, 1]"),
+        (["--prompt", "a red circle", "--temperature=-1"], "--temperature must be at least 0"),
+        (["--prompt", "a red circle", "--top_k", "x"], "bad value for --top_k: 'x'"),
+        (["--prompt", "  "], "prompt 1 is empty"),
+        (["--prompt", "a red circle", "--steps", "5"], "--steps does not apply to --pipeline parti"),
+    ]
+    for extra, message in cases:
+        capsys.readouterr()
+        target = tmp_path / "never"
+        assert main(base + extra + ["--out", str(target)]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("t2i: error: ") and message in err and len(err.splitlines()) == 1, err
+        assert not target.exists()
+
+    capsys.readouterr()
+    wrong = ["sample", "--pipeline", "parti", "--checkpoint", tiny_exports["vit_vqgan"], "--prompt", "a red circle"]
+    assert main(wrong + ["--out", str(tmp_path / "never")]) == 2
+    assert "holds a vit_vqgan model, not parti" in capsys.readouterr().err
+
+    long_prompt = " ".join(["a red circle to the left of a blue square"] * 5)
+    assert main(base + ["--prompt", long_prompt, "--out", str(tmp_path / "long")]) == 0
+    assert "the model reads the first 24" in capsys.readouterr().err
