@@ -31,6 +31,7 @@ setup(
     extras_require={
         "test": ["pytest>=8,<10", "pytest-xdist>=3.5,<4", "ruff>=0.6,<1"],
         "tpu": ["libtpu"],
+        "bench": ["torch==2.13.0", "transformers>=4.40,<6"],
     },
     entry_points={"console_scripts": ["t2i=t2i.cli:main"]},
 )
