@@ -71,13 +71,15 @@ def pipelines() -> dict[str, str]:
 
 def sample_options() -> dict[str, tuple[type, str, list[str]]]:
     """Every family's extra `t2i sample` flags: name -> (type, help, families reading it)."""
-    merged: dict[str, tuple[type, str, list[str]]] = {}
+    readers: dict[str, list[tuple[str, type, str]]] = {}
     for name, family in FAMILIES.items():
-        if not family.options:
-            continue
-        for flag, (kind, help_text) in resolve(family.options).items():
-            if flag in merged:
-                merged[flag][2].append(name)
-            else:
-                merged[flag] = (kind, help_text, [name])
+        if family.options:
+            for flag, (kind, help_text) in resolve(family.options).items():
+                readers.setdefault(flag, []).append((name, kind, help_text))
+    merged = {}
+    for flag, entries in readers.items():
+        names = [name for name, _, _ in entries]
+        helps = {help_text for _, _, help_text in entries}
+        help_text = entries[0][2] if len(helps) == 1 else "; ".join(f"{name}: {text}" for name, _, text in entries)
+        merged[flag] = (entries[0][1], help_text, names)
     return merged

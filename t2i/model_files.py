@@ -46,8 +46,10 @@ class TrainedModel:
         return str(self.config.task)
 
 
-def _restore_workdir(workdir: str, step: int | None, mesh=None):
-    """(inference EMA params, config dict, step) of a checkpoint in a training workdir."""
+def _restore_workdir(workdir: str, step: int | None, mesh=None, inference_only: bool = True):
+    """(EMA params, config dict, step) of a checkpoint in a training workdir: the
+    inference params (`Task.inference_params`), or all of them (a warm start carries a
+    GAN's discriminator along too)."""
     from t2i.families import get_task
     from t2i.parallel.mesh import create_mesh
     from t2i.parallel.partitioning import strip_boxes, tree_shardings
@@ -67,7 +69,8 @@ def _restore_workdir(workdir: str, step: int | None, mesh=None):
         config_dict = checkpointer.restore_config(step)
         task = get_task(ml_collections.ConfigDict(config_dict))
         mesh = mesh or create_mesh({"data": 1}, jax.devices()[:1])
-        boxed = task.inference_params(jax.eval_shape(task.init, jax.random.key(0)))
+        boxed = jax.eval_shape(task.init, jax.random.key(0))
+        boxed = task.inference_params(boxed) if inference_only else boxed
         abstract = abstract_like(strip_boxes(boxed), tree_shardings(boxed, mesh))
         params = checkpointer.restore_part(step, {"ema_params": abstract})["ema_params"]
     finally:
@@ -149,12 +152,15 @@ def _load_export(path: str, mesh=None) -> TrainedModel:
     return TrainedModel(task=task, params=params, config=config, source=path, step=step)
 
 
-def load_model(source: str, step: int | None = None, *, family: str | None = None, mesh=None) -> TrainedModel:
+def load_model(
+    source: str, step: int | None = None, *, family: str | None = None, mesh=None, inference_only: bool = True
+) -> TrainedModel:
     """A trained model from a training workdir (EMA params of the newest checkpoint, or
     of `step`) or from an exported .npz. `family` (a `config.task` name, or a tuple of
     them): the model must be of that family, else a one-line error naming both.
     `mesh`: where to place the params, sharded by their logical axes (default: one
-    device)."""
+    device). `inference_only=False` reads every EMA param of a workdir (an export holds
+    only the inference params)."""
     from t2i.families import get_task
 
     if source.endswith(".npz") or os.path.isfile(source):
@@ -162,7 +168,7 @@ def load_model(source: str, step: int | None = None, *, family: str | None = Non
             raise UsageError(f"model file not found: {source}")
         model = _load_export(source, mesh)
     elif os.path.isdir(source):
-        params, config_dict, step = _restore_workdir(source, step, mesh)
+        params, config_dict, step = _restore_workdir(source, step, mesh, inference_only)
         config = ml_collections.ConfigDict(config_dict)
         model = TrainedModel(task=get_task(config), params=params, config=config, source=source, step=step)
     else:

@@ -203,7 +203,7 @@ def test_export_keeps_the_ema_params_in_float16_and_loads_for_sampling(trained_s
         )
         == 2
     )
-    assert "not a t2i stage export" in capsys.readouterr().err
+    assert "not a t2i model file" in capsys.readouterr().err
 
 
 def test_split_prompts_are_the_captions_of_the_split(capsys):
@@ -264,14 +264,18 @@ def test_sweep_scores_each_setting_and_split_and_tabulates(trained_stages, tmp_p
         (3.0, [-4.0, None], "heldout"),
     ]
     assert all(r["num"] == 2 and r["base_step"] == 2 and 0.0 <= r["overall"] <= 1.0 for r in rows)
-    # Settings not given are the cascade's defaults: the sweep scores what `t2i sample` draws.
-    from t2i.imagen.cascade import BASE_DEFAULTS, SR_DEFAULTS, StageSettings
+    # Settings not given are the stages' own (saved in their configs): the sweep scores
+    # what `t2i sample` draws.
+    from t2i.imagen.cascade import default_settings, load_stage
 
-    assert {r["base"]["sampler"] for r in rows} == {BASE_DEFAULTS["sampler"]}
-    assert {r["base"]["percentile"] for r in rows} == {StageSettings.percentile}
-    assert {(r["sr"]["sampler"], r["sr"]["noise_aug_level"], r["sr"]["guidance_weight"]) for r in rows} == {
-        (SR_DEFAULTS["sampler"], SR_DEFAULTS["noise_aug_level"], SR_DEFAULTS["guidance_weight"])
-    }
+    base_defaults, sr_defaults = default_settings(load_stage(base)), default_settings(load_stage(sr))
+    assert {r["base"]["sampler"] for r in rows} == {base_defaults.sampler} == {"ddpm"}
+    assert {r["base"]["percentile"] for r in rows} == {base_defaults.percentile}
+    assert (
+        {(r["sr"]["sampler"], r["sr"]["noise_aug_level"], r["sr"]["guidance_weight"]) for r in rows}
+        == {(sr_defaults.sampler, sr_defaults.noise_aug_level, sr_defaults.guidance_weight)}
+        == {("ddim", 0.1, 1.0)}
+    )
     table = imagen_sweep.markdown_table(str(out))
     assert len(table.splitlines()) == 2 + len(rows) and "| heldout |" in table
     assert "| 3 | none |" in table and "| 3 @ -4.. | none |" in table

@@ -14,7 +14,7 @@ import optax
 import pytest
 from conftest import REPO
 
-from t2i import tasks
+from t2i import families
 from t2i.classifier.task import ShapesClassifierTask
 from t2i.train.state import create_state, make_train_step
 from t2i.train.trainer import TrainingDiverged, train
@@ -90,7 +90,7 @@ class _NanTask(ShapesClassifierTask):
 
 
 def test_too_many_nonfinite_steps_stop_the_run(tiny_config, tmp_path, monkeypatch):
-    monkeypatch.setattr(tasks, "_registry", lambda: {"shapes_classifier": _NanTask})
+    monkeypatch.setattr(families, "get_task", _NanTask)
     tiny_config.train.max_nonfinite_in_a_row = 3
     with pytest.raises(TrainingDiverged, match="stopping at step 3: 3 non-finite losses or gradients in a row"):
         train(tiny_config, str(tmp_path), progress=False)
@@ -164,7 +164,7 @@ class _CountingTask(ShapesClassifierTask):
 
 
 def test_model_state_survives_a_resume(tiny_config, tmp_path, monkeypatch):
-    monkeypatch.setattr(tasks, "_registry", lambda: {"shapes_classifier": _CountingTask})
+    monkeypatch.setattr(families, "get_task", _CountingTask)
     tiny_config.train.num_steps = 4
     tiny_config.train.log_every = 1
     first = train(tiny_config, str(tmp_path / "a"), interrupt_at_step=2, progress=False)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t2i.errors import UsageError
+from t2i.text.tokenizer import config_tokenizer
 
 
 @runtime_checkable
@@ -27,16 +28,6 @@ class ImageTextScorer(Protocol):
         """images uint8 [N, S, S, 3], N prompts -> float [N], higher = better match of
         image i and prompt i."""
         ...
-
-
-def text_tokenizer(config):
-    """The tokenizer a CLIP was trained with (`data.tokenizer`, `data.max_text_length`)."""
-    from t2i.text.tokenizer import Tokenizer, default_shapes_tokenizer
-
-    name, length = config.data.get("tokenizer") or "", int(config.data.max_text_length)
-    if not name:
-        raise UsageError("the model's config names no data.tokenizer")
-    return default_shapes_tokenizer(length) if name == "shapes" else Tokenizer(name, length)
 
 
 class CLIPScorer:
@@ -60,7 +51,7 @@ class CLIPScorer:
         self.source = getattr(model, "source", None)
         self.resolution = self.task.resolution
         self.batch_size = int(batch_size)
-        self.tokenizer = text_tokenizer(self.config)
+        self.tokenizer = config_tokenizer(self.config)
         task, resolution, clip = self.task, self.resolution, self.task.model
 
         def scores(params, images, tokens, mask):

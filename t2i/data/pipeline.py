@@ -90,10 +90,9 @@ def text_transform(data: ml_collections.ConfigDict) -> Transform | None:
         return embedding_transform(data, encoder)
     if not name:
         return None
-    from t2i.text.tokenizer import Tokenizer, default_shapes_tokenizer
+    from t2i.text.tokenizer import tokenizer_for
 
-    length = int(data.max_text_length)
-    tokenizer = default_shapes_tokenizer(length) if name == "shapes" else Tokenizer(name, length)
+    tokenizer = tokenizer_for(name, int(data.max_text_length))
 
     def add_tokens(example: dict) -> dict:
         ids, mask = tokenizer.encode([example["caption"]])

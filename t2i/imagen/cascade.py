@@ -29,14 +29,31 @@ from t2i.errors import UsageError
 
 @dataclasses.dataclass(frozen=True)
 class StageSettings:
-    sampler: str = "ddim"
-    steps: int = 50
-    guidance_weight: float = 3.0
-    thresholding: str = "dynamic"
-    percentile: float = 0.99
-    noise_aug_level: float = 0.1  # super-resolution stages only
+    """How one stage samples. A trained stage carries its own in its config's `sampling`
+    block (`from_config`): that is the one source of defaults, and the command line
+    overrides it field by field (`default_settings`)."""
+
+    sampler: str
+    steps: int
+    guidance_weight: float
+    thresholding: str
+    percentile: float
+    noise_aug_level: float  # super-resolution stages only
     # Guide only at log-SNR in [lo, hi] (None: unbounded on that side); see samplers.Guidance.
-    guidance_interval: tuple[float | None, float | None] = (None, None)
+    guidance_interval: tuple[float | None, float | None]
+
+    @classmethod
+    def from_config(cls, sampling: ml_collections.ConfigDict) -> "StageSettings":
+        return cls(
+            sampler=str(sampling.sampler),
+            steps=int(sampling.steps),
+            guidance_weight=float(sampling.guidance_weight),
+            thresholding=str(sampling.thresholding),
+            percentile=float(sampling.percentile),
+            noise_aug_level=float(sampling.noise_aug_level),
+            # .get: configs stored before the interval existed have no such field
+            guidance_interval=tuple(sampling.get("guidance_interval") or (None, None)),
+        )
 
     def guidance(self) -> samplers.Guidance:
         return samplers.Guidance(
@@ -47,24 +64,9 @@ class StageSettings:
         )
 
 
-# What a stage samples with when the command line names nothing: the reference Shapes
-# cascade's best measured setting (docs/results.md, "The fourth fine-tune": guidance 4,
-# 93% / 91% on test / heldout over 200 captions each, against 95% / 87% at 3 and
-# 93.5% / 91% at 5 (4 and 5 one caption of 400 apart); chosen on the third fine-tune, where
-# it was best on test and above 3 on heldout). The base is guided, but only at
-# log-SNR -4..2: unguided at the noisiest steps its counts come out right far more
-# often, and unguided at the last ones it loses nothing and saves their unconditional
-# pass. A super-resolution stage is not guided (guidance 1 skips the unconditional
-# pass and halves its cost) and takes 16 steps, as fewer leave a speckle that the Shapes
-# evaluator misreads.
-BASE_DEFAULTS = dict(sampler="ddpm", steps=50, guidance_weight=4.0, thresholding="none", guidance_interval=(-4.0, 2.0))
-SR_DEFAULTS = dict(sampler="ddim", steps=16, guidance_weight=1.0, thresholding="none", noise_aug_level=0.1)
-
-
 def default_settings(stage, **overrides) -> StageSettings:
-    """The stage's default settings (by its role: base or super-resolution), overridden."""
-    defaults = SR_DEFAULTS if stage.task.super_resolution else BASE_DEFAULTS
-    return StageSettings(**{**defaults, **overrides})
+    """The settings saved with the stage (its config's `sampling` block), overridden."""
+    return dataclasses.replace(StageSettings.from_config(stage.config.sampling), **overrides)
 
 
 # The committed Shapes cascade (docs/results.md says how it was trained and exported).
@@ -100,11 +102,9 @@ def _front_end(text_embeddings: str, tokenizer_name: str, length: int):
 
         return embed
     if tokenizer_name:
-        from t2i.text.tokenizer import Tokenizer, default_shapes_tokenizer
+        from t2i.text.tokenizer import tokenizer_for
 
-        tokenizer = (
-            default_shapes_tokenizer(length) if tokenizer_name == "shapes" else Tokenizer(tokenizer_name, length)
-        )
+        tokenizer = tokenizer_for(tokenizer_name, length)
 
         def tokenize(prompts):
             tokens, mask = tokenizer.encode(list(prompts))

@@ -4,8 +4,8 @@
       --splits test,heldout --num 200 --guidance 1,3,5,8 --thresholding none,dynamic \
       --out docs/results/imagen_guidance.jsonl
 
-Settings left unset are the cascade's defaults (`BASE_DEFAULTS` and `SR_DEFAULTS` in
-`t2i/imagen/cascade.py`), the ones `t2i sample --pipeline imagen` uses.
+Settings left unset are the stages' own (their configs' `sampling` blocks, saved with
+them), the ones `t2i sample --pipeline imagen` uses.
 
 Every combination of the comma-separated base-stage settings (and of `--base_steps`,
 checkpoints of the base workdir: a learning curve) samples the first `--num` captions
@@ -115,33 +115,24 @@ def main(argv=None) -> int:
     parser.add_argument("--offset", type=int, default=0, help="skip this many captions of each split first")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=50)
-    # Unset settings are those `t2i sample --pipeline imagen` and `make demo` use, so a
-    # sweep without flags scores what a user of the reference cascade gets.
-    from t2i.imagen.cascade import BASE_DEFAULTS, SR_DEFAULTS, StageSettings
-
-    interval = ":".join("" if v is None else f"{v:g}" for v in BASE_DEFAULTS["guidance_interval"])
-    parser.add_argument("--sampler", default=BASE_DEFAULTS["sampler"], help="base sampler(s)")
-    parser.add_argument("--steps", default=str(BASE_DEFAULTS["steps"]), help="base step count(s)")
-    parser.add_argument("--guidance", default=f"{BASE_DEFAULTS['guidance_weight']:g}", help="base guidance weight(s)")
+    # Unset settings are the stages' own (what `t2i sample --pipeline imagen` and `make
+    # demo` use), so a sweep without flags scores what a user of the cascade gets.
+    parser.add_argument("--sampler", help="base sampler(s)")
+    parser.add_argument("--steps", help="base step count(s)")
+    parser.add_argument("--guidance", help="base guidance weight(s)")
+    parser.add_argument("--thresholding", help="base thresholding(s): none|static|dynamic")
     parser.add_argument(
-        "--thresholding", default=BASE_DEFAULTS["thresholding"], help="base thresholding(s): none|static|dynamic"
-    )
-    parser.add_argument(
-        "--percentile",
-        type=float,
-        default=StageSettings.percentile,
-        help="base dynamic thresholding percentile p (used where --thresholding is dynamic)",
+        "--percentile", type=float, help="base dynamic thresholding percentile p (used where --thresholding is dynamic)"
     )
     parser.add_argument(
         "--guidance_interval",
-        default=interval,
         help="base guidance interval(s) in log-SNR, LO:HI (open sides allowed; ':' is every step); "
         "write --guidance_interval=-6:2,-4:",
     )
-    parser.add_argument("--sr_sampler", default=SR_DEFAULTS["sampler"])
-    parser.add_argument("--sr_steps", type=int, default=SR_DEFAULTS["steps"])
-    parser.add_argument("--sr_guidance", type=float, default=SR_DEFAULTS["guidance_weight"])
-    parser.add_argument("--sr_aug_level", type=float, default=SR_DEFAULTS["noise_aug_level"])
+    parser.add_argument("--sr_sampler")
+    parser.add_argument("--sr_steps", type=int)
+    parser.add_argument("--sr_guidance", type=float)
+    parser.add_argument("--sr_aug_level", type=float)
     parser.add_argument("--out", required=True, help="JSON lines are appended here")
     parser.add_argument("--grid_dir", default="", help="save the first 32 images of each run here")
     args = parser.parse_args(argv)
@@ -159,7 +150,7 @@ def _sweep(args) -> int:
     from t2i.diffusion import samplers
     from t2i.diffusion.samplers import parse_interval
     from t2i.evaluation import shapes_eval
-    from t2i.imagen.cascade import SR_DEFAULTS, StageSettings, load_stage, run_cascade
+    from t2i.imagen.cascade import default_settings, load_stage, run_cascade
     from t2i.train.logging import save_grid
 
     splits = args.splits.split(",")
@@ -169,38 +160,52 @@ def _sweep(args) -> int:
     base_steps = _values(args.base_steps, int) if args.base_steps else [None]
     if args.base_steps and args.base.endswith(".npz"):
         raise UsageError("--base_steps needs a training workdir; an exported .npz holds one step")
-    sr_setting = StageSettings(
+    # A bad value fails now, in one line, before the stages load and compile.
+    given_intervals = _values(args.guidance_interval, parse_interval) if args.guidance_interval is not None else []
+    for sampler in (_values(args.sampler, str) if args.sampler is not None else []) + [args.sr_sampler or "ddim"]:
+        samplers.check_sampler(sampler)
+    for thresholding in _values(args.thresholding, str) if args.thresholding is not None else ["none"]:
+        for interval in given_intervals or [(None, None)]:
+            samplers.Guidance(1.0, thresholding, args.percentile or 0.99, interval=samplers.interval_bounds(interval))
+    # The stages' own settings (their configs), then the flags over them.
+    sr = load_stage(args.sr)
+    base_defaults = default_settings(load_stage(args.base, base_steps[-1]))
+    sr_given = dict(
         sampler=args.sr_sampler,
         steps=args.sr_steps,
         guidance_weight=args.sr_guidance,
-        thresholding=SR_DEFAULTS["thresholding"],
         noise_aug_level=args.sr_aug_level,
     )
+    sr_setting = default_settings(sr, **{k: v for k, v in sr_given.items() if v is not None})
+
+    def values(text, kind, default):
+        return _values(text, kind) if text is not None else [default]
+
     grid = list(
         itertools.product(
-            _values(args.sampler, str),
-            _values(args.steps, int),
-            _values(args.guidance, float),
-            _values(args.thresholding, str),
-            _values(args.guidance_interval, parse_interval),
+            values(args.sampler, str, base_defaults.sampler),
+            values(args.steps, int, base_defaults.steps),
+            values(args.guidance, float, base_defaults.guidance_weight),
+            values(args.thresholding, str, base_defaults.thresholding),
+            values(args.guidance_interval, parse_interval, base_defaults.guidance_interval),
         )
     )
+    percentile = base_defaults.percentile if args.percentile is None else args.percentile
     settings = [
-        StageSettings(
+        dataclasses.replace(
+            base_defaults,
             sampler=sampler,
             steps=steps,
             guidance_weight=guidance,
             thresholding=thresholding,
-            percentile=args.percentile,
+            percentile=percentile,
             guidance_interval=interval,
         )
         for sampler, steps, guidance, thresholding, interval in grid
     ]
-    # A bad value fails now, in one line, not after minutes of loading stages and compiling.
-    for setting in [*settings, sr_setting]:
+    for setting in [*settings, sr_setting]:  # the combined settings, checked before compiling
         setting.guidance()  # thresholding, percentile, interval
         samplers.check_sampler(setting.sampler)
-    sr = load_stage(args.sr)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     for base_step in base_steps:
         base = load_stage(args.base, base_step)

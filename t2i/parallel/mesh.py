@@ -50,6 +50,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, object], ...] = (
     ("vq_codes", None),
     ("vq_code_dim", None),
     ("patch_pixels", None),
+    ("joint_embed", None),  # CLIP's shared image-text embedding
     ("layers", None),  # the stacked axis of scanned layers (t2i.nn.transformer)
     # Decoding caches (t2i.nn.attention): rows like the batch, heads like the weights.
     ("cache_batch", ("data", "fsdp")),

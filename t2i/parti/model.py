@@ -47,7 +47,7 @@ class PartiSize(NamedTuple):
 # the CPU sizes that Shapes trains.
 VARIANTS: dict[str, PartiSize] = {
     "tiny": PartiSize(1, 2, 32, 2, 64),  # tests
-    "shapes": PartiSize(4, 6, 256, 8, 1024),  # Shapes on 2 CPU cores
+    "shapes": PartiSize(3, 4, 192, 6, 768),  # Shapes on 2 CPU cores (4.0M parameters)
     "350M": PartiSize(12, 12, 1024, 16, 4096),
     "750M": PartiSize(12, 36, 1024, 16, 4096),
     "3B": PartiSize(12, 36, 2048, 32, 8192),

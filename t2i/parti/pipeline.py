@@ -75,15 +75,12 @@ def row_keys(seed: int, prompt_indices: np.ndarray, candidates: np.ndarray) -> j
 def encode_prompts(config, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Sentencepiece ids and mask; an empty prompt is an error, a long one is cut (said
     on stderr, with how many tokens the model reads)."""
-    from t2i.text.tokenizer import Tokenizer, default_shapes_tokenizer
+    from t2i.text.tokenizer import config_tokenizer
 
     for index, prompt in enumerate(prompts):
         if not prompt.strip():
             raise UsageError(f"prompt {index + 1} is empty (parti draws from a caption; give one)")
-    length = int(config.data.max_text_length)
-    name = config.data.tokenizer
-    tokenizer = default_shapes_tokenizer(length) if name == "shapes" else Tokenizer(name, length)
-    return _encode_saying_cuts(tokenizer, prompts)
+    return _encode_saying_cuts(config_tokenizer(config), prompts)
 
 
 def _encode_saying_cuts(tokenizer, prompts):

@@ -25,14 +25,11 @@ from t2i.train.task import Task, ratio
 
 
 def text_vocab_size(data: ml_collections.ConfigDict) -> int:
-    from t2i.text.tokenizer import Tokenizer, default_shapes_tokenizer
+    from t2i.text.tokenizer import tokenizer_for
 
-    name = data.get("tokenizer") or ""
-    if not name:
+    if not data.get("tokenizer"):
         raise UsageError("parti needs data.tokenizer (a sentencepiece model, or 'shapes')")
-    length = int(data.max_text_length)
-    tokenizer = default_shapes_tokenizer(length) if name == "shapes" else Tokenizer(name, length)
-    return int(tokenizer.vocab_size)
+    return int(tokenizer_for(data.tokenizer, int(data.max_text_length)).vocab_size)
 
 
 def cross_entropy(logits: jax.Array, targets: jax.Array, label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array]:

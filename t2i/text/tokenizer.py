@@ -173,6 +173,19 @@ def default_shapes_tokenizer(max_length: int = 32) -> Tokenizer:
     return Tokenizer(str(_SHAPES_MODEL), max_length)
 
 
+def tokenizer_for(name: str, max_length: int) -> Tokenizer:
+    """The tokenizer a config names (`data.tokenizer`): "shapes" for the shipped Shapes
+    model, else the path of any sentencepiece model."""
+    if not name:
+        raise ValueError("no tokenizer named (set data.tokenizer to 'shapes' or a sentencepiece model path)")
+    return default_shapes_tokenizer(max_length) if name == "shapes" else Tokenizer(name, max_length)
+
+
+def config_tokenizer(config) -> Tokenizer:
+    """The text tokenizer of a model's config (`data.tokenizer`, `data.max_text_length`)."""
+    return tokenizer_for(config.data.get("tokenizer") or "", int(config.data.max_text_length))
+
+
 def train_sentencepiece(
     caption_file: str,
     model_prefix: str,

@@ -156,7 +156,7 @@ def warm_start(state: TrainState, source: str, step: int | None = None) -> Train
 
     from t2i.model_files import load_model  # reads workdirs and exports alike
 
-    source_params = traverse_util.flatten_dict(load_model(source, step).params, sep="/")
+    source_params = traverse_util.flatten_dict(load_model(source, step, inference_only=False).params, sep="/")
     target = traverse_util.flatten_dict(state.params, sep="/")
     unplaced = sorted(set(source_params) - set(target))
     if unplaced:
