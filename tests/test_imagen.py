@@ -314,7 +314,7 @@ def test_training_minutes_leave_out_the_time_a_stopped_run_sat_idle(tmp_path):
     """The sweep's "train min": interval steps over the logged rate, so an hour between
     a stop at step 100 and the resume is not counted, and a step inside an interval is
     interpolated at that interval's rate."""
-    from t2i.imagen.sweep import _training_minutes
+    from t2i.evaluation.sweeps import training_minutes as _training_minutes
 
     rows = [(50, 0.0, 0.5), (100, 100.0, 0.5), (150, 3900.0, 0.25)]  # resumed at 100 an hour later
     with open(tmp_path / "metrics.jsonl", "w") as f:

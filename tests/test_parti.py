@@ -465,3 +465,33 @@ def test_sharded_sampling_matches_one_device(layout):
     np.testing.assert_array_equal(np.asarray(out), reference)
     if "tensor" in layout:
         assert any("tensor" in spec for spec in specs), specs
+
+
+def test_sweep_scores_settings_and_paraphrases(tmp_path, tiny_exports, capsys):
+    from t2i.evaluation.paraphrase import paraphrase
+    from t2i.evaluation.shapes_eval import parse_caption
+    from t2i.parti import sweep
+
+    caption = "a photo of a large purple square to the left of a small red circle"
+    rephrased = paraphrase(caption)
+    assert rephrased == "a photograph of a big violet square left of a tiny red circle"
+    with pytest.raises(ValueError):
+        parse_caption(rephrased)  # outside the grammar: only the original caption judges
+    out = tmp_path / "sweep.jsonl"
+    argv = ["--model", tiny_exports["parti"], "--image_tokenizer", tiny_exports["vit_vqgan"], "--splits", "test"]
+    argv += ["--num", "2", "--batch_size", "2", "--out", str(out)]
+    assert sweep.main([*argv, "--guidance", "1,2"]) == 0
+    assert sweep.main([*argv, "--paraphrase", "--temperature", "0"]) == 0
+    rows = [json.loads(line) for line in open(out)]
+    assert [(r["decode"]["guidance_weight"], r["paraphrase"]) for r in rows] == [
+        (1.0, False),
+        (2.0, False),
+        (3.0, True),
+    ]
+    assert rows[2]["decode"]["temperature"] == 0.0 and all(r["num"] == 2 and 0 <= r["overall"] <= 1 for r in rows)
+    table = sweep.markdown_table(str(out))
+    assert len(table.splitlines()) == 2 + len(rows) and "paraphrased" in table
+    capsys.readouterr()
+    bad = ["--model", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "bad.jsonl"), "--top_p", "1.5"]
+    assert sweep.main(bad) == 2  # checked before the (missing) model loads
+    assert "--top_p must be in (0, 1]" in capsys.readouterr().err and not (tmp_path / "bad.jsonl").exists()

@@ -29,39 +29,7 @@ import sys
 import time
 
 from t2i.errors import UsageError
-
-
-def _values(text: str, kind):
-    try:
-        return [kind(value) for value in text.split(",")]
-    except ValueError as error:
-        raise UsageError(f"bad list {text!r}: {error}") from None
-
-
-def _training_minutes(workdir: str, step: int) -> float | None:
-    """Minutes the run spent training up to `step`, from its metrics log (None without one).
-
-    Each train record carries its interval's `steps_per_second` (measured from the
-    previous record, or from the process start after a resume), so summing
-    interval steps / rate counts compilation, checkpoints and evaluations but not the
-    time a stopped run sat idle before it was resumed, which wall-clock stamps would.
-    """
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        return None
-    records = [json.loads(line) for line in open(path) if line.strip()]
-    records = [r for r in records if r.get("split") == "train" and r.get("steps_per_second")]
-    if not records or records[0]["step"] > step:
-        return None
-    seconds, previous = 0.0, 0
-    for record in records:
-        if record["step"] > step:
-            # Part of an interval: its rate times the steps up to `step`.
-            seconds += (step - previous) / record["steps_per_second"]
-            break
-        seconds += max(record["step"] - previous, 0) / record["steps_per_second"]
-        previous = record["step"]
-    return round(seconds / 60.0, 1)
+from t2i.evaluation.sweeps import percent, training_minutes, values
 
 
 def _weight_cell(setting: dict) -> str:
@@ -71,14 +39,6 @@ def _weight_cell(setting: dict) -> str:
         return f"{setting['guidance_weight']:g}"
     ends = ("" if lo is None else f"{lo:g}", "" if hi is None else f"{hi:g}")
     return f"{setting['guidance_weight']:g} @ {ends[0]}..{ends[1]}"
-
-
-def _percent(fraction: float) -> str:
-    """A score as a percentage, with its tenth where it has one: 200 captions move the
-    score in half points, and "82%" for 0.825 would hide the one caption that separates
-    two settings."""
-    tenths = round(fraction * 1000)
-    return f"{tenths // 10}%" if tenths % 10 == 0 else f"{tenths / 10:.1f}%"
 
 
 def markdown_table(path: str) -> str:
@@ -93,7 +53,7 @@ def markdown_table(path: str) -> str:
         cells = [r["base_step"], r.get("base_training_minutes") or "-", base["sampler"], base["steps"]]
         offset = r.get("offset", 0)
         split = f"{r['split']} [{offset}:{offset + r['num']}]" if offset else r["split"]
-        cells += [_weight_cell(base), base["thresholding"], split, r["num"], f"**{_percent(r['overall'])}**"]
+        cells += [_weight_cell(base), base["thresholding"], split, r["num"], f"**{percent(r['overall'])}**"]
         cells += [f"{r['per_kind'].get(k, 0):.0%}" for k in ("single", "pair", "count")]
         cells += [f"{r['per_attribute'][a]:.0%}" if a in r["per_attribute"] else "-" for a in attributes]
         cells.append(f"{r['seconds'] / r['num']:.2f}")
@@ -157,14 +117,14 @@ def _sweep(args) -> int:
     if args.offset < 0:
         raise UsageError(f"--offset must be at least 0, got {args.offset}")
     prompts = {split: split_prompts(split, args.offset + args.num)[args.offset :] for split in splits}
-    base_steps = _values(args.base_steps, int) if args.base_steps else [None]
+    base_steps = values(args.base_steps, int) if args.base_steps else [None]
     if args.base_steps and args.base.endswith(".npz"):
         raise UsageError("--base_steps needs a training workdir; an exported .npz holds one step")
     # A bad value fails now, in one line, before the stages load and compile.
-    given_intervals = _values(args.guidance_interval, parse_interval) if args.guidance_interval is not None else []
-    for sampler in (_values(args.sampler, str) if args.sampler is not None else []) + [args.sr_sampler or "ddim"]:
+    given_intervals = values(args.guidance_interval, parse_interval) if args.guidance_interval is not None else []
+    for sampler in (values(args.sampler, str) if args.sampler is not None else []) + [args.sr_sampler or "ddim"]:
         samplers.check_sampler(sampler)
-    for thresholding in _values(args.thresholding, str) if args.thresholding is not None else ["none"]:
+    for thresholding in values(args.thresholding, str) if args.thresholding is not None else ["none"]:
         for interval in given_intervals or [(None, None)]:
             samplers.Guidance(1.0, thresholding, args.percentile or 0.99, interval=samplers.interval_bounds(interval))
     # The stages' own settings (their configs), then the flags over them.
@@ -178,16 +138,16 @@ def _sweep(args) -> int:
     )
     sr_setting = default_settings(sr, **{k: v for k, v in sr_given.items() if v is not None})
 
-    def values(text, kind, default):
-        return _values(text, kind) if text is not None else [default]
+    def given_or(text, kind, default):
+        return values(text, kind) if text is not None else [default]
 
     grid = list(
         itertools.product(
-            values(args.sampler, str, base_defaults.sampler),
-            values(args.steps, int, base_defaults.steps),
-            values(args.guidance, float, base_defaults.guidance_weight),
-            values(args.thresholding, str, base_defaults.thresholding),
-            values(args.guidance_interval, parse_interval, base_defaults.guidance_interval),
+            given_or(args.sampler, str, base_defaults.sampler),
+            given_or(args.steps, int, base_defaults.steps),
+            given_or(args.guidance, float, base_defaults.guidance_weight),
+            given_or(args.thresholding, str, base_defaults.thresholding),
+            given_or(args.guidance_interval, parse_interval, base_defaults.guidance_interval),
         )
     )
     percentile = base_defaults.percentile if args.percentile is None else args.percentile
@@ -209,7 +169,7 @@ def _sweep(args) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     for base_step in base_steps:
         base = load_stage(args.base, base_step)
-        minutes = None if args.base.endswith(".npz") else _training_minutes(args.base, base.step)
+        minutes = None if args.base.endswith(".npz") else training_minutes(args.base, base.step)
         for (sampler, steps, guidance, thresholding, interval), setting in zip(grid, settings):
             for split in splits:
                 start = time.perf_counter()
