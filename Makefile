@@ -33,11 +33,11 @@ data: $(DATA_DIR)/shapes/small/1.0.0/dataset_info.json
 # the base, its four warm-started fine-tunes, SR; about 7 hours) and samples from it.
 DEMO_PROMPTS ?= 100
 DEMO_OUT ?= runs/demo_samples
-# The best setting of the sweep in docs/results.md (base: DDPM 50 steps, guidance 4 at
-# log-SNR -4..2; SR: DDIM 16 steps, no guidance, augmentation level 0.1); batch 50 like
-# the sweep, so the demo's 100 test images are the first 100 of the sweep's 200.
-DEMO_SETTINGS = --split test --num $(DEMO_PROMPTS) --sampler ddpm,ddim --steps 50,16 --guidance 4,1 \
-  --guidance_interval=-4:2,: --thresholding none,none --aug_level 0.1 --batch_size 50
+# Each stage samples with its own saved settings (the best of the sweep in
+# docs/results.md: base DDPM 50 steps, guidance 4 at log-SNR -4..2; SR DDIM 16 steps,
+# no guidance, augmentation 0.1); batch 50 like the sweep, so the demo's 100 test images
+# are the first 100 of the sweep's 200.
+DEMO_SETTINGS = --split test --num $(DEMO_PROMPTS) --batch_size 50
 EMBEDDINGS = $(DATA_DIR)/shapes/small/1.0.0/text_embeddings/minilm_L24/embeddings.npy
 $(EMBEDDINGS): | data
 	$(BIN)/t2i data embed --encoder minilm --builder_config small --data_dir $(DATA_DIR)
