@@ -69,31 +69,9 @@ def init_params(model: Parti, text_length: int) -> dict:
 
 
 def uncached_first_steps(model: Parti, params, text_tokens, text_mask, row_keys, settings, steps: int) -> jax.Array:
-    """The loop of `sampling.sample_tokens_uncached` run for the first `steps` positions
-    only (tokens after them stay 0). The same body, step for step: a full decoder pass
-    over all grid * grid positions per token."""
-    length = model.grid * model.grid
-    tokens, mask, guided = sampling._with_null_rows(text_tokens, text_mask, settings, False)
-    encoded = model.apply(params, tokens, mask, method=Parti.encode)
-    inputs = jnp.full((tokens.shape[0], length), model.bos, jnp.int32)
-
-    def body(position, carry):
-        inputs, out = carry
-        logits = model.apply(params, inputs, jnp.arange(length), encoded, mask, method=Parti.decode_tokens)
-        logits = sampling._guide(
-            jax.lax.dynamic_index_in_dim(logits, position, axis=1, keepdims=False), guided, settings.guidance_weight
-        )
-        token = sampling.choose_tokens(logits, jax.vmap(jax.random.fold_in, (0, None))(row_keys, position), settings)
-        out = out.at[:, position].set(token)
-        feed = jnp.concatenate([token, token]) if guided else token
-        inputs = jax.lax.dynamic_update_slice_in_dim(
-            inputs, feed[:, None], jnp.minimum(position + 1, length - 1), axis=1
-        )
-        return inputs, out
-
-    out = jnp.zeros((text_tokens.shape[0], length), jnp.int32)
-    _, out = jax.lax.fori_loop(0, steps, body, (inputs, out))
-    return out
+    """`sampling.sample_tokens_uncached` for the first `steps` positions only (tokens
+    after them stay 0): every step is a full decoder pass over all grid * grid positions."""
+    return sampling.sample_tokens_uncached(model, params, text_tokens, text_mask, row_keys, settings, steps)
 
 
 def time_alternating(fns: dict, args: tuple, repeats: int) -> dict:

@@ -495,3 +495,15 @@ def test_sweep_scores_settings_and_paraphrases(tmp_path, tiny_exports, capsys):
     bad = ["--model", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "bad.jsonl"), "--top_p", "1.5"]
     assert sweep.main(bad) == 2  # checked before the (missing) model loads
     assert "--top_p must be in (0, 1]" in capsys.readouterr().err and not (tmp_path / "bad.jsonl").exists()
+
+
+def test_uncached_sampler_can_stop_after_a_prefix():
+    model = _model()
+    tokens, mask = _inputs()
+    params = _init(model, tokens, mask)
+    keys = jax.random.split(jax.random.key(5), 3)
+    settings = DecodeSettings(guidance_weight=2.0, temperature=1.0)
+    full = _sample(model, params, tokens, mask, keys, settings, cached=False)
+    part = np.asarray(jax.jit(lambda p: sample_tokens_uncached(model, p, tokens, mask, keys, settings, 4))(params))
+    np.testing.assert_array_equal(part[:, :4], full[:, :4])
+    assert not part[:, 4:].any()

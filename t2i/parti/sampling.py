@@ -152,9 +152,12 @@ def sample_tokens_uncached(
     text_mask: jax.Array,
     row_keys: jax.Array,
     settings: DecodeSettings,
+    num_positions: int | None = None,
 ) -> jax.Array:
     """`sample_tokens` without a cache: every step runs the decoder over the whole
-    prefix (the later positions are masked off by causality). O(N^2) work."""
+    prefix (the later positions are masked off by causality). O(N^2) work.
+    `num_positions`: only the first that many (the rest stay 0), for timing a prefix of
+    a long grid; every step costs the same full pass."""
     length = model.grid * model.grid
     tokens, mask, guided = _with_null_rows(text_tokens, text_mask, settings, False)
     encoded = model.apply(params, tokens, mask, method=Parti.encode)
@@ -175,5 +178,5 @@ def sample_tokens_uncached(
         return inputs, out
 
     out = jnp.zeros((text_tokens.shape[0], length), jnp.int32)
-    _, out = jax.lax.fori_loop(0, length, body, (inputs, out))
+    _, out = jax.lax.fori_loop(0, length if num_positions is None else num_positions, body, (inputs, out))
     return out
