@@ -7,7 +7,7 @@ DATA_DIR ?= data/tfds
 WORKDIR ?= runs/classifier
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install demo demo_stages classifier tokenizer test data clean
+.PHONY: install demo demo_stages parti_stages classifier tokenizer test data clean
 
 $(BIN)/t2i: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -78,10 +78,32 @@ DEMO_STAGES =
 demo_stages: install
 endif
 
+# `make demo PIPELINE=parti`: the same demo on the committed Parti (t2i/assets/
+# parti_shapes.npz, its own saved decode settings); with TRAIN=1 it first tokenizes the
+# data with the committed ViT-VQGAN and trains Parti the way the reference was trained
+# (docs/parti.md).
+PIPELINE ?= imagen
+ifeq ($(PIPELINE),parti)
+ifeq ($(TRAIN),1)
+PARTI_CHECKPOINT = --checkpoint runs/parti
+parti_stages: data
+	$(BIN)/t2i tokenize --data_dir $(DATA_DIR) --overwrite
+	$(BIN)/t2i train --config configs/parti.py --workdir runs/parti --config.data.data_dir=$(DATA_DIR)
+else
+PARTI_CHECKPOINT =
+parti_stages: install
+endif
+demo: parti_stages
+	rm -rf $(DEMO_OUT)
+	$(BIN)/t2i sample --pipeline parti $(PARTI_CHECKPOINT) --split test --num $(DEMO_PROMPTS) --batch_size 50 \
+	  --out $(DEMO_OUT)
+	$(BIN)/t2i eval shapes $(DEMO_OUT)
+else
 demo: demo_stages
 	rm -rf $(DEMO_OUT)
 	$(BIN)/t2i sample --pipeline imagen $(DEMO_STAGES) $(DEMO_SETTINGS) --out $(DEMO_OUT)
 	$(BIN)/t2i eval shapes $(DEMO_OUT)
+endif
 
 # The Shapes attribute classifier (about 3 minutes): the evaluator's learned sibling.
 classifier: data
