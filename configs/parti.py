@@ -61,7 +61,7 @@ def get_config(arg=None):
             prefetch=4,
             tokenizer="shapes",
             text_embeddings="",
-            max_text_length=128 if paper else 24,
+            max_text_length=128 if paper else 32,  # Shapes captions reach 31 sentencepiece tokens
             image_tokens=args.get("tokens", "vit_vqgan"),
         )
     )
