@@ -1,4 +1,4 @@
-"""Tests of the Shapes sampler, captioner and renderer against specs/shapes.md."""
+"""Tests of the Shapes sampler, captioner and renderer against docs/shapes.md."""
 
 import collections
 import json

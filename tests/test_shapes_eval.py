@@ -1,4 +1,4 @@
-"""Tests of the GenEval-style Shapes evaluator against specs/shapes.md."""
+"""Tests of the GenEval-style Shapes evaluator against docs/shapes.md."""
 
 import json
 

@@ -1,6 +1,6 @@
 """The Shapes benchmark: scene sampler, captioner and renderer (pure numpy).
 
-Normative spec: `specs/shapes.md` (shared with the TFDS builder and the evaluator).
+Normative spec: `docs/shapes.md` (shared with the TFDS builder and the evaluator).
 Everything here is deterministic given a numpy Generator, and `scene_for(split, i)`
 seeds one Generator per example, so any example can be made on its own (random access
 for sharded data loading) and the data set is bit-for-bit reproducible.

@@ -75,7 +75,7 @@ def config_from_name(name: str) -> ShapesConfig:
 
 
 class Shapes(tfds.core.GeneratorBasedBuilder):
-    """Procedural coloured shapes with compositional captions (specs/shapes.md, v1)."""
+    """Procedural coloured shapes with compositional captions (docs/shapes.md, v1)."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Shapes spec v1."}
@@ -106,7 +106,7 @@ class Shapes(tfds.core.GeneratorBasedBuilder):
             builder=self,
             description=__doc__,
             features=tfds.features.FeaturesDict(features),
-            homepage="specs/shapes.md",
+            homepage="docs/shapes.md",
             # Keep example i of a split at index i (scene_for(split, i)); the
             # training pipeline does its own seeded shuffle.
             disable_shuffling=True,

@@ -1,4 +1,4 @@
-"""GenEval-style evaluator for the Shapes benchmark (specs/shapes.md, Evaluation).
+"""GenEval-style evaluator for the Shapes benchmark (docs/shapes.md, Evaluation).
 
 A prompt becomes a `Request` (what the image must show: parsed from the caption
 grammar, or read from a `Scene`'s structure); an image becomes `Detection`s from its
