@@ -153,5 +153,23 @@ def builder(config_name: str, data_dir: str) -> Shapes:
 def build(config_name: str, data_dir: str) -> Shapes:
     """Renders every split into `data_dir` (TFDS shows a progress bar per split)."""
     shapes_builder = builder(config_name, data_dir)
+    _hold_split_in_memory(shapes_builder.builder_config)
     shapes_builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
     return shapes_builder
+
+
+def _hold_split_in_memory(config: ShapesConfig) -> None:
+    """Let TFDS's writer keep a whole split in memory.
+
+    The writer collects a split's examples before writing them in key order, and above
+    `MAX_MEM_BUFFER_SIZE` (1 GB) it spills to temporary files through `tf.io.gfile`,
+    which needs TensorFlow; t2i does not install it, so the spec-sized build (200k
+    training scenes, about 3 GB of pixels) failed with "No module named 'tensorflow'".
+    Raising the limit to the largest split's size (with room for the captions and
+    the scene) keeps everything in memory instead.
+    """
+    from tensorflow_datasets.core import shuffle
+
+    pixels = sum(r * r * 3 for r in config.resolutions)
+    largest = max(config.split_sizes.values()) * (pixels + 1024)
+    shuffle.MAX_MEM_BUFFER_SIZE = max(shuffle.MAX_MEM_BUFFER_SIZE, 2 * largest)
