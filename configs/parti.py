@@ -89,7 +89,11 @@ def get_config(arg=None):
         )
     )
     # What `t2i sample --pipeline parti` uses unless a flag says otherwise.
-    config.sampling = ml_collections.ConfigDict(dict(guidance_weight=3.0, temperature=1.0, top_k=0, top_p=1.0))
+    # num_candidates > 1: sample that many per prompt and keep the best by the CLIP
+    # reranker (the paper's pipeline re-ranks its samples).
+    config.sampling = ml_collections.ConfigDict(
+        dict(guidance_weight=3.0, temperature=1.0, top_k=0, top_p=1.0, num_candidates=1)
+    )
     # Adafactor (as Parti), global-norm clipping at 1, linear warm-up then cosine.
     # Adafactor scales each update by the parameter's RMS, so its learning rate is a
     # relative step: on Shapes 3e-3 left the loss at 6.87 (ln 1024 = 6.93) after 200

@@ -399,6 +399,18 @@ def test_generate_keeps_the_best_candidate_and_is_reproducible(tiny_exports):
     np.testing.assert_array_equal(unranked, one)
 
 
+def test_num_candidates_defaults_to_the_models_own():
+    import ml_collections
+
+    from t2i.parti.pipeline import default_num_candidates
+
+    stored = ml_collections.ConfigDict(dict(sampling=dict(guidance_weight=3.0, num_candidates=8)))
+    older = ml_collections.ConfigDict(dict(sampling=dict(guidance_weight=3.0)))  # saved before the field
+    assert default_num_candidates(stored, {}) == 8
+    assert default_num_candidates(stored, {"num_candidates": "2"}) == 2  # the flag wins
+    assert default_num_candidates(older, {"num_candidates": None}) == 1
+
+
 def test_sample_command_writes_a_manifest_and_refuses_bad_input(tmp_path, tiny_exports, capsys):
     from t2i.cli import main
 

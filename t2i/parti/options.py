@@ -8,7 +8,7 @@ OPTIONS = {
     "temperature": (float, "softmax temperature, 0 = greedy (default: the model's)"),
     "top_k": (int, "keep the k most likely tokens, 0 = all (default: the model's)"),
     "top_p": (float, "nucleus sampling mass in (0, 1] (default: the model's)"),
-    "num_candidates": (int, "samples per prompt, the reranker keeps the best (default 1)"),
+    "num_candidates": (int, "samples per prompt, the reranker keeps the best (default: the model's, else 1)"),
     "reranker": (str, "CLIP workdir or export that re-ranks candidates (default: the committed Shapes CLIP)"),
     "image_tokenizer": (str, "ViT-VQGAN workdir or export that decodes the tokens (default: the model's)"),
 }

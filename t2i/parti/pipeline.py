@@ -153,6 +153,15 @@ def generate(
     return images[np.arange(len(prompts)), best], scores
 
 
+def default_num_candidates(config, options: dict) -> int:
+    """`--num_candidates`, else the model's `config.sampling.num_candidates` (re-ranking
+    is part of Parti's pipeline, so a trained model may store it), else 1."""
+    from t2i.sampling import parse_option
+
+    given = parse_option(options, "num_candidates", int)
+    return int(given if given is not None else config.sampling.get("num_candidates", 1))
+
+
 def load_scorer(source: str | None):
     from t2i.clip.scorer import CLIPScorer
 
@@ -171,7 +180,7 @@ def parti_pipeline(prompts: Sequence[str], seed: int, options: dict) -> tuple[np
     tokenizer_source = options.get("image_tokenizer") or model.config.model.get("image_tokenizer") or None
     tokenizer = load_image_tokenizer(tokenizer_source)
     model.task.check_token_grids(dict(grid=tokenizer.task.grid, num_codes=int(tokenizer.config.model.num_codes)))
-    num_candidates = parse_option(options, "num_candidates", int) or 1
+    num_candidates = default_num_candidates(model.config, options)
     scorer = load_scorer(options.get("reranker")) if num_candidates > 1 else None
     images, scores = generate(
         model,
