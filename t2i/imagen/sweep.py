@@ -23,13 +23,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import os
 import sys
 import time
 
 from t2i.errors import UsageError
-from t2i.evaluation.sweeps import percent, training_minutes, values
+from t2i.evaluation.sweeps import add_common_flags, markdown_rows, record_run, sweep_main, training_minutes, values
 
 
 def _weight_cell(setting: dict) -> str:
@@ -41,40 +40,28 @@ def _weight_cell(setting: dict) -> str:
     return f"{setting['guidance_weight']:g} @ {ends[0]}..{ends[1]}"
 
 
+def _setting_cells(r: dict) -> list:
+    base = r["base"]
+    offset = r.get("offset", 0)
+    split = f"{r['split']} [{offset}:{offset + r['num']}]" if offset else r["split"]
+    cells = [r["base_step"], r.get("base_training_minutes") or "-", base["sampler"], base["steps"]]
+    return cells + [_weight_cell(base), base["thresholding"], split, r["num"]]
+
+
 def markdown_table(path: str) -> str:
     """The records of a sweep file as a Markdown table, one row per (setting, split)."""
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    attributes = ("color", "shape", "size", "position", "relation", "count")
-    head = ["base step", "train min", "sampler", "steps", "w", "thresholding", "split", "n", "overall"]
-    head += ["single", "pair", "count (kind)"] + list(attributes) + ["s/image"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        base = r["base"]
-        cells = [r["base_step"], r.get("base_training_minutes") or "-", base["sampler"], base["steps"]]
-        offset = r.get("offset", 0)
-        split = f"{r['split']} [{offset}:{offset + r['num']}]" if offset else r["split"]
-        cells += [_weight_cell(base), base["thresholding"], split, r["num"], f"**{percent(r['overall'])}**"]
-        cells += [f"{r['per_kind'].get(k, 0):.0%}" for k in ("single", "pair", "count")]
-        cells += [f"{r['per_attribute'][a]:.0%}" if a in r["per_attribute"] else "-" for a in attributes]
-        cells.append(f"{r['seconds'] / r['num']:.2f}")
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
+    head = ["base step", "train min", "sampler", "steps", "w", "thresholding", "split", "n"]
+    return markdown_rows(path, head, _setting_cells)
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "table":  # python -m t2i.imagen.sweep table FILE.jsonl
-        print(markdown_table(argv[1]))
-        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="base stage: training workdir or exported .npz")
     parser.add_argument("--sr", required=True, help="super-resolution stage: training workdir or exported .npz")
     parser.add_argument("--base_steps", default="", help="checkpoint steps of the --base workdir (default: newest)")
-    parser.add_argument("--splits", default="test,heldout")
-    parser.add_argument("--num", type=int, default=200, help="captions per split, from the first")
+    add_common_flags(parser, batch_size=50)
     parser.add_argument("--offset", type=int, default=0, help="skip this many captions of each split first")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch_size", type=int, default=50)
     # Unset settings are the stages' own (what `t2i sample --pipeline imagen` and `make
     # demo` use), so a sweep without flags scores what a user of the cascade gets.
     parser.add_argument("--sampler", help="base sampler(s)")
@@ -93,25 +80,15 @@ def main(argv=None) -> int:
     parser.add_argument("--sr_steps", type=int)
     parser.add_argument("--sr_guidance", type=float)
     parser.add_argument("--sr_aug_level", type=float)
-    parser.add_argument("--out", required=True, help="JSON lines are appended here")
-    parser.add_argument("--grid_dir", default="", help="save the first 32 images of each run here")
-    args = parser.parse_args(argv)
-    try:
-        return _sweep(args)
-    except (UsageError, ValueError) as error:
-        print(f"imagen_sweep: error: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 2
+    return sweep_main("imagen_sweep", argv, parser, _sweep, markdown_table)
 
 
 def _sweep(args) -> int:
-    import numpy as np
-
     from t2i.cli import split_prompts
     from t2i.diffusion import samplers
     from t2i.diffusion.samplers import parse_interval
     from t2i.evaluation import shapes_eval
     from t2i.imagen.cascade import default_settings, load_stage, run_cascade
-    from t2i.train.logging import save_grid
 
     splits = args.splits.split(",")
     if args.offset < 0:
@@ -188,25 +165,19 @@ def _sweep(args) -> int:
                     seconds=round(seconds, 1),
                     **shapes_eval.report_to_json(report),
                 )
-                with open(args.out, "a") as f:
-                    f.write(json.dumps(record, sort_keys=True) + "\n")
                 print(
                     f"step {base.step} {sampler} {steps} w={_weight_cell(record['base'])} {thresholding} {split}: "
                     f"overall {record['overall']:.3f} ({seconds:.0f} s)",
                     flush=True,
                 )
-                if args.grid_dir:
-                    limited = (
-                        ""
-                        if interval == (None, None)
-                        else "_at" + "_".join("" if v is None else f"{v:g}" for v in interval)
-                    )
-                    shifted = f"_from{args.offset}" if args.offset else ""  # no clash with offset 0's grid
-                    name = (
-                        f"step{base.step}_{sampler}{steps}_w{guidance:g}{limited}_{thresholding}_{split}{shifted}.png"
-                    )
-                    os.makedirs(args.grid_dir, exist_ok=True)
-                    save_grid(os.path.join(args.grid_dir, name), np.asarray(images[:32]), prompts[split][:32])
+                limited = (
+                    ""
+                    if interval == (None, None)
+                    else "_at" + "_".join("" if v is None else f"{v:g}" for v in interval)
+                )
+                shifted = f"_from{args.offset}" if args.offset else ""  # no clash with offset 0's grid
+                name = f"step{base.step}_{sampler}{steps}_w{guidance:g}{limited}_{thresholding}_{split}{shifted}.png"
+                record_run(args, record, images, prompts[split], name)
     return 0
 
 

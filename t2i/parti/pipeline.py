@@ -170,7 +170,6 @@ def load_scorer(source: str | None):
 
 def parti_pipeline(prompts: Sequence[str], seed: int, options: dict) -> tuple[np.ndarray, dict]:
     from t2i.model_files import load_model
-    from t2i.sampling import parse_option
 
     checkpoints = options.get("checkpoints") or [REFERENCE_PARTI]
     if len(checkpoints) != 1:

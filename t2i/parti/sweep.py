@@ -20,85 +20,58 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
 import os
 import sys
 import time
 
 from t2i.errors import UsageError
-from t2i.evaluation.sweeps import percent, training_minutes, values
+from t2i.evaluation.sweeps import add_common_flags, markdown_rows, record_run, sweep_main, training_minutes, values
+
+
+def _setting_cells(r: dict) -> list:
+    d = r["decode"]
+    cells = [r["step"], r.get("training_minutes") or "-", f"{d['guidance_weight']:g}", f"{d['temperature']:g}"]
+    cells += [d["top_k"] or "-", f"{d['top_p']:g}", r["num_candidates"]]
+    cells += ["paraphrased" if r["paraphrase"] else "captions", r["split"], r["num"]]
+    return cells
 
 
 def markdown_table(path: str) -> str:
-    rows = [json.loads(line) for line in open(path) if line.strip()]
-    attributes = ("color", "shape", "size", "position", "relation", "count")
-    head = ["step", "train min", "w", "T", "top-k", "top-p", "N", "prompts", "split", "n", "overall"]
-    head += ["single", "pair", "count (kind)"] + list(attributes) + ["s/image"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        d = r["decode"]
-        cells = [r["step"], r.get("training_minutes") or "-", f"{d['guidance_weight']:g}", f"{d['temperature']:g}"]
-        cells += [
-            d["top_k"] or "-",
-            f"{d['top_p']:g}",
-            r["num_candidates"],
-            "paraphrased" if r["paraphrase"] else "captions",
-        ]
-        cells += [r["split"], r["num"], f"**{percent(r['overall'])}**"]
-        cells += [f"{r['per_kind'].get(k, 0):.0%}" for k in ("single", "pair", "count")]
-        cells += [f"{r['per_attribute'][a]:.0%}" if a in r["per_attribute"] else "-" for a in attributes]
-        cells.append(f"{r['seconds'] / r['num']:.2f}")
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
+    head = ["step", "train min", "w", "T", "top-k", "top-p", "N", "prompts", "split", "n"]
+    return markdown_rows(path, head, _setting_cells)
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "table":  # python -m t2i.parti.sweep table FILE.jsonl
-        print(markdown_table(argv[1]))
-        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="training workdir or exported .npz")
     parser.add_argument("--steps", default="", help="checkpoint steps of a --model workdir (default: newest)")
     parser.add_argument("--image_tokenizer", help="ViT-VQGAN (default: the model's)")
     parser.add_argument("--reranker", help="CLIP for --num_candidates > 1 (default: the committed Shapes CLIP)")
-    parser.add_argument("--splits", default="test,heldout")
-    parser.add_argument("--num", type=int, default=200, help="captions per split, from the first")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch_size", type=int, default=64)
+    add_common_flags(parser, batch_size=64)
     parser.add_argument("--guidance", help="guidance weight(s) on the logits")
     parser.add_argument("--temperature", help="temperature(s), 0 = greedy")
     parser.add_argument("--top_k", help="top-k value(s), 0 = off")
     parser.add_argument("--top_p", help="top-p value(s) in (0, 1]")
-    parser.add_argument("--num_candidates", default="1", help="samples per prompt, best by the reranker")
+    parser.add_argument("--num_candidates", help="samples per prompt, best by the reranker (default: the model's)")
     parser.add_argument("--paraphrase", action="store_true", help="prompts rephrased with unseen synonyms")
-    parser.add_argument("--out", required=True, help="JSON lines are appended here")
-    parser.add_argument("--grid_dir", default="", help="save the first 32 images of each run here")
-    args = parser.parse_args(argv)
-    try:
-        return _sweep(args)
-    except (UsageError, ValueError) as error:
-        print(f"parti_sweep: error: {str(error).splitlines()[0]}", file=sys.stderr)
-        return 2
+    return sweep_main("parti_sweep", argv, parser, _sweep, markdown_table)
 
 
 def _sweep(args) -> int:
-    import numpy as np
-
     from t2i.cli import split_prompts
     from t2i.evaluation import shapes_eval
     from t2i.evaluation.paraphrase import paraphrase
     from t2i.model_files import load_model
     from t2i.parti.pipeline import generate, load_image_tokenizer, load_scorer
     from t2i.parti.sampling import DecodeSettings
-    from t2i.train.logging import save_grid
 
     splits = args.splits.split(",")
     captions = {split: split_prompts(split, args.num) for split in splits}
     steps = values(args.steps, int) if args.steps else [None]
     if args.steps and args.model.endswith(".npz"):
         raise UsageError("--steps needs a training workdir; an exported .npz holds one step")
-    candidates = values(args.num_candidates, int)
+    candidates = values(args.num_candidates, int) if args.num_candidates is not None else None
     # Bad values fail now, before anything loads or compiles.
     probe = DecodeSettings()
     for field, text, kind in (
@@ -109,9 +82,9 @@ def _sweep(args) -> int:
     ):
         for value in values(text, kind) if text is not None else []:
             dataclasses.replace(probe, **{field: value}).check()
-    if min(candidates) < 1:
+    if candidates and min(candidates) < 1:
         raise UsageError(f"--num_candidates must be at least 1, got {min(candidates)}")
-    scorer = load_scorer(args.reranker) if max(candidates) > 1 else None
+    scorer = None
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     for step in steps:
         model = load_model(args.model, step, family="parti")
@@ -126,11 +99,13 @@ def _sweep(args) -> int:
             given_or(args.temperature, float, own.temperature),
             given_or(args.top_k, int, own.top_k),
             given_or(args.top_p, float, own.top_p),
-            candidates,
+            candidates or [int(model.config.sampling.get("num_candidates", 1))],
         )
         minutes = None if args.model.endswith(".npz") else training_minutes(args.model, model.step)
         for guidance, temperature, top_k, top_p, num_candidates in grid:
             settings = DecodeSettings(guidance, temperature, top_k, top_p).check()
+            if num_candidates > 1 and scorer is None:
+                scorer = load_scorer(args.reranker)
             for split in splits:
                 prompts = [paraphrase(c) for c in captions[split]] if args.paraphrase else captions[split]
                 start = time.perf_counter()
@@ -160,18 +135,14 @@ def _sweep(args) -> int:
                     seconds=round(seconds, 1),
                     **shapes_eval.report_to_json(report),
                 )
-                with open(args.out, "a") as f:
-                    f.write(json.dumps(record, sort_keys=True) + "\n")
                 print(
                     f"step {model.step} w={guidance:g} T={temperature:g} k={top_k} p={top_p:g} N={num_candidates} "
                     f"{split}: overall {record['overall']:.3f} ({seconds:.0f} s)",
                     flush=True,
                 )
-                if args.grid_dir:
-                    name = f"step{model.step}_w{guidance:g}_T{temperature:g}_k{top_k}_p{top_p:g}_N{num_candidates}"
-                    name += ("_paraphrased" if args.paraphrase else "") + f"_{split}.png"
-                    os.makedirs(args.grid_dir, exist_ok=True)
-                    save_grid(os.path.join(args.grid_dir, name), np.asarray(images[:32]), prompts[:32])
+                name = f"step{model.step}_w{guidance:g}_T{temperature:g}_k{top_k}_p{top_p:g}_N{num_candidates}"
+                name += ("_paraphrased" if args.paraphrase else "") + f"_{split}.png"
+                record_run(args, record, images, prompts, name)
     return 0
 
 
