@@ -23,7 +23,7 @@ config>` picks another Shapes build.
 import ml_collections
 
 from t2i.config import parse_arg
-from t2i.train.defaults import default_train_config
+from t2i.train.defaults import default_data_config, default_train_config
 from t2i.train.optim import default_optimizer_config
 
 
@@ -36,19 +36,11 @@ def get_config(arg=None):
     config.task = "clip"
     config.seed = 0
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    config.data = ml_collections.ConfigDict(
-        dict(
-            builder_config=args.get("data", "small"),
-            data_dir="data/tfds",
-            split="train",
-            batch_size=128,
-            seed=0,
-            num_threads=2,
-            prefetch=4,
-            tokenizer="shapes",
-            text_embeddings="",
-            max_text_length=24,  # Shapes captions are at most 16 pieces with EOS
-        )
+    config.data = default_data_config(
+        batch_size=128,
+        builder_config=args.get("data", "small"),
+        tokenizer="shapes",
+        max_text_length=24,  # Shapes captions are at most 16 pieces with EOS
     )
     config.model = ml_collections.ConfigDict(
         dict(

@@ -16,7 +16,7 @@ model), its outputs precomputed once per build:
 import ml_collections
 
 from t2i.config import parse_arg
-from t2i.train.defaults import default_train_config
+from t2i.train.defaults import default_data_config, default_train_config
 from t2i.train.optim import default_optimizer_config
 
 
@@ -30,19 +30,8 @@ def get_config(arg=None):
     config.task = "imagen"
     config.seed = 0
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    config.data = ml_collections.ConfigDict(
-        dict(
-            builder_config="small",
-            data_dir="data/tfds",
-            split="train",
-            batch_size=32,
-            seed=0,
-            num_threads=2,
-            prefetch=4,
-            tokenizer="shapes" if tokens else "",
-            text_embeddings="" if tokens else "minilm",
-            max_text_length=24,
-        )
+    config.data = default_data_config(
+        batch_size=32, tokenizer="shapes" if tokens else "", text_embeddings="" if tokens else "minilm"
     )
     config.text = ml_collections.ConfigDict(
         dict(source="tokens" if tokens else "embeddings", vocab_size=128, dim=128 if tokens else 384, max_length=24)

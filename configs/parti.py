@@ -25,7 +25,7 @@ Arguments (comma separated): `size=`, `tiny` (tests), `data=` (another Shapes bu
 import ml_collections
 
 from t2i.config import parse_arg
-from t2i.train.defaults import default_train_config
+from t2i.train.defaults import default_data_config, default_train_config
 from t2i.train.optim import default_optimizer_config
 
 PAPER_SIZES = ("350M", "750M", "3B", "20B")
@@ -50,20 +50,14 @@ def get_config(arg=None):
     config.task = "parti"
     config.seed = 0
     config.mesh = ml_collections.ConfigDict(PAPER_MESH[size] if paper else dict(data=-1, fsdp=1, tensor=1))
-    config.data = ml_collections.ConfigDict(
-        dict(
-            builder_config=args.get("data", "small"),
-            data_dir="data/tfds",
-            split="train",
-            batch_size=2048 if paper else 64,
-            seed=0,
-            num_threads=2,
-            prefetch=4,
-            tokenizer="shapes",
-            text_embeddings="",
-            max_text_length=128 if paper else 32,  # Shapes captions reach 31 sentencepiece tokens
-            image_tokens=args.get("tokens", "vit_vqgan"),
-        )
+    config.data = default_data_config(
+        batch_size=2048 if paper else 64,
+        builder_config=args.get("data", "small"),
+        tokenizer="shapes",
+        # Shapes captions are at most 16 pieces with EOS; prompts with words the captions
+        # never use (the paraphrase test: "violet" is spelled out in pieces) reach 32.
+        max_text_length=128 if paper else 32,
+        image_tokens=args.get("tokens", "vit_vqgan"),
     )
     config.model = ml_collections.ConfigDict(
         dict(

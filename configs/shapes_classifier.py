@@ -11,7 +11,7 @@ a few steps); `data=<builder config>` picks another Shapes build.
 import ml_collections
 
 from t2i.config import parse_arg
-from t2i.train.defaults import default_train_config
+from t2i.train.defaults import default_data_config, default_train_config
 from t2i.train.optim import default_optimizer_config
 
 
@@ -22,20 +22,7 @@ def get_config(arg=None):
     config.seed = 0
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
-    config.data = ml_collections.ConfigDict(
-        dict(
-            builder_config=args.get("data", "small"),
-            data_dir="data/tfds",
-            split="train",
-            batch_size=64,
-            seed=0,
-            num_threads=2,
-            prefetch=4,
-            tokenizer="",
-            text_embeddings="",
-            max_text_length=24,
-        )
-    )
+    config.data = default_data_config(batch_size=64, builder_config=args.get("data", "small"))
     config.model = ml_collections.ConfigDict(
         dict(
             resolution=32,

@@ -31,7 +31,7 @@ of t2i yet.
 import ml_collections
 
 from t2i.config import parse_arg
-from t2i.train.defaults import default_train_config
+from t2i.train.defaults import default_data_config, default_train_config
 from t2i.train.optim import default_optimizer_config
 
 # Encoder and decoder sizes per `size=` argument.
@@ -68,22 +68,12 @@ def get_config(arg=None):
     config.task = "vit_vqgan"
     config.seed = 0
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    config.data = ml_collections.ConfigDict(
-        dict(
-            builder_config=args.get("data", "small"),
-            data_dir="data/tfds",
-            split="train",
-            batch_size=32,
-            seed=0,
-            num_threads=2,
-            prefetch=4,
-            tokenizer="",
-            text_embeddings="",
-            max_text_length=24,
-            # Share of training images re-rendered in random palette colours
-            # (t2i.data.augment.recolor); the tokenizer never sees captions.
-            recolor_prob=0.0,
-        )
+    config.data = default_data_config(
+        batch_size=32,
+        builder_config=args.get("data", "small"),
+        # Share of training images re-rendered in random palette colours
+        # (t2i.data.augment.recolor); the tokenizer never sees captions.
+        recolor_prob=0.0,
     )
     config.model = ml_collections.ConfigDict(
         dict(

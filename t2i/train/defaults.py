@@ -32,3 +32,23 @@ def default_train_config() -> ml_collections.ConfigDict:
             sample_scale=4,
         )
     )
+
+
+def default_data_config(batch_size: int, **fields) -> ml_collections.ConfigDict:
+    """The `data` block of a Shapes experiment: the small build in data/tfds, read by two
+    threads, no text tokenizer or embeddings unless `fields` names them. `fields`
+    overrides or adds keys (a family's own, e.g. `image_tokens` or `recolor_prob`)."""
+    block = dict(
+        builder_config="small",
+        data_dir="data/tfds",
+        split="train",
+        batch_size=batch_size,
+        seed=0,
+        num_threads=2,
+        prefetch=4,
+        tokenizer="",  # "shapes" (the bundled sentencepiece model), a path, or ""
+        text_embeddings="",  # precomputed frozen-encoder outputs, e.g. "minilm"
+        max_text_length=24,
+    )
+    block.update(fields)
+    return ml_collections.ConfigDict(block)
