@@ -36,13 +36,13 @@ docs/benchmarks.md (section "Parti"), measured on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from rows import run_rows  # benchmarks/rows.py (the script's own folder is on the path)
 
 from t2i.parti import sampling
 from t2i.parti.model import VARIANTS, Parti, parti_size
@@ -192,14 +192,7 @@ def main() -> None:
 
     if any(0 < args.uncached_steps < g * g for g in grids):
         check_truncated_loop(args)
-    rows = []
-    for grid in grids:
-        row = run_grid(args, grid)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+    rows = run_rows(grids, lambda grid: run_grid(args, grid), args.out)
 
     print()
     print(

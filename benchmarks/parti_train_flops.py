@@ -38,7 +38,6 @@ the fraction of that peak each step achieves. Results go in docs/benchmarks.md
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 
@@ -46,6 +45,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from rows import run_rows  # benchmarks/rows.py (the script's own folder is on the path)
 
 from t2i.config import load_config
 from t2i.parallel.mesh import LOGICAL_AXIS_RULES, create_mesh
@@ -201,14 +201,7 @@ def main() -> None:
     for _ in range(3):
         jax.block_until_ready(peak_fn(a, b))
 
-    rows = []
-    for name in args.configs.split(","):
-        row = run_config(name, args, peak_fn, (a, b), 2.0 * n**3)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+    rows = run_rows(args.configs.split(","), lambda name: run_config(name, args, peak_fn, (a, b), 2.0 * n**3), args.out)
 
     print()
     print(

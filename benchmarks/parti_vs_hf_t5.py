@@ -36,7 +36,6 @@ otherwise idle machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -45,6 +44,7 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+from rows import run_rows  # benchmarks/rows.py (the script's own folder is on the path)
 
 from t2i.parti import sampling
 from t2i.parti.model import VARIANTS, Parti, parti_size
@@ -190,14 +190,7 @@ def main() -> None:
         raise SystemExit(f"needs torch and transformers ({e}): pip install torch==2.13.0 transformers") from e
     torch.set_num_threads(args.threads)
 
-    rows = []
-    for grid in (int(g) for g in args.grids.split(",")):
-        row = run_grid(args, grid)
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+    rows = run_rows([int(g) for g in args.grids.split(",")], lambda grid: run_grid(args, grid), args.out)
 
     print()
     print(
