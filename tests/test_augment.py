@@ -1,6 +1,7 @@
 """The recolour augmentation (t2i.data.augment) the image tokenizer trains with: exact
 renders of valid recoloured scenes at every resolution, geometry kept, seeded, the
-identity at probability 0, and hooked into the ViT-VQGAN task's training pipeline."""
+identity at probability 0, and hooked into the ViT-VQGAN task's training pipeline; the
+Shapes classifier's independent colours."""
 
 import itertools
 import os
@@ -121,6 +122,27 @@ def test_probability_zero_is_the_identity_and_seeds_reproduce():
             np.testing.assert_array_equal(a[key], b[key])
     outputs = {tuple(recolor(example, np.random.default_rng(s), prob=1.0)["color"]) for s in range(20)}
     assert len(outputs) > 3
+
+
+def test_independent_colours_for_the_classifier(tiny_data_dir):
+    # keep_kind=False: every object's colour drawn on its own, so a count scene can mix
+    # colours; the render is still exact, the geometry kept, and no caption describes it.
+    mixed = 0
+    for i, scene in enumerate(scenes("count", count=40)):
+        example = flat(scene)
+        out = recolor(example, np.random.default_rng(i), prob=1.0, keep_kind=False)
+        n = len(scene.objects)
+        mixed += len(set(out["color"][:n].tolist())) > 1
+        assert out["caption"] == ""
+        for key in GEOMETRY:
+            np.testing.assert_array_equal(out[key], example[key])
+        for size in RESOLUTIONS:
+            np.testing.assert_array_equal(out[f"image_{size}"], shapes.render(scene_objects(out), size))
+    assert mixed > 20  # 1 - 1/6 (two objects) or 1 - 1/36 (three) of them
+
+    config = load_config(os.path.join(REPO, "configs/shapes_classifier.py"), [f"data.data_dir={tiny_data_dir}"])
+    task = get_task(config)
+    assert task.random_transform.keywords == dict(prob=config.model.recolor_probability, keep_kind=False)
 
 
 def test_text_features_must_come_after_recolouring():

@@ -3,6 +3,8 @@ trainer learn, and later the feature network of a Frechet distance on Shapes).""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ import optax
 
 from t2i.classifier.model import ShapesClassifier, decode, grid_targets
 from t2i.data import shapes
+from t2i.data.augment import recolor
 from t2i.train.task import Task, ratio
 
 # Position counts as right when the predicted centre is within this distance of the
@@ -38,35 +41,15 @@ class ShapesClassifierTask(Task):
         )
 
         if model_cfg.recolor_probability > 0:
-            self.random_transform = self._recolor
-
-    def _recolor(self, example: dict, rng: np.random.Generator) -> dict:
-        """Re-renders the scene with random palette colours (labels updated).
-
-        The train split never shows a purple triangle, a yellow circle or a green
-        square, so a classifier trained on it alone learns "purple => not a triangle":
-        it read 49% of shapes right on the heldout split while scoring 100% on test.
-        As an evaluation tool it must read any colour on any shape, so it trains on
-        recoloured scenes too (the generative models never see these).
-        """
-        if rng.random() >= self.config.model.recolor_probability:
-            return example
-        n = int(example["num_objects"])
-        colors = rng.integers(0, len(shapes.COLORS), size=n)
-        objects = [
-            shapes.ShapeObject(
-                color=shapes.COLORS[colors[i]],
-                shape=shapes.SHAPES[example["shape"][i]],
-                size=tuple(shapes.SIZES)[example["size"][i]],
-                cx=float(example["cx"][i]),
-                cy=float(example["cy"][i]),
-                r=float(example["r"][i]),
+            # The train split never shows a purple triangle, a yellow circle or a green
+            # square, so a classifier trained on it alone learns "purple => not a
+            # triangle": it read 49% of shapes right on the heldout split while scoring
+            # 100% on test. As an evaluation tool it must read any colour on any shape,
+            # so it also trains on scenes re-rendered with independently drawn colours
+            # (the generative models never see these).
+            self.random_transform = functools.partial(
+                recolor, prob=float(model_cfg.recolor_probability), keep_kind=False
             )
-            for i in range(n)
-        ]
-        color = example["color"].copy()
-        color[:n] = colors
-        return {**example, "color": color, self.image_key: shapes.render(objects, self.config.model.resolution)}
 
     def init(self, rng):
         size = self.config.model.resolution

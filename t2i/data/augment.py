@@ -3,7 +3,8 @@
 `recolor` re-renders a scene with new palette colours: the image tokenizer uses it so
 that its codes learn every colour on every shape, the colour-shape pairs the train
 split holds out included (docs/tokenizer.md says why that keeps the caption hold-out
-intact for the text-to-image models). Plug one in as a task's `random_transform`.
+intact for the text-to-image models), and the Shapes classifier so that it reads any
+colour on any shape. Plug one in as a task's `random_transform`.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _recolor_caption(caption: str, kind: str, old, new) -> str:
     return " ".join(words)
 
 
-def recolor(example: dict, rng: np.random.Generator, prob: float) -> dict:
+def recolor(example: dict, rng: np.random.Generator, prob: float, keep_kind: bool = True) -> dict:
     """With probability `prob`, the example's scene re-rendered in new colours.
 
     Each object's colour is drawn uniformly from the six palette colours, keeping the
@@ -74,6 +75,11 @@ def recolor(example: dict, rng: np.random.Generator, prob: float) -> dict:
     new colours. Otherwise the example comes back unchanged. Deterministic given `rng`
     (the pipeline derives one per example from the run's seed); the input is not
     modified.
+
+    `keep_kind=False` draws every object's colour independently (a count scene may
+    mix colours, a pair may repeat an identity): scenes no caption describes, for a
+    model that learns from the structured scene alone (the Shapes classifier); the
+    caption of a recoloured example is then empty.
     """
     if not rng.random() < prob:
         return example
@@ -83,7 +89,10 @@ def recolor(example: dict, rng: np.random.Generator, prob: float) -> dict:
     n = int(example["num_objects"])
     kind = shapes.KINDS[int(example["kind"])]
     old = scene_objects(example)
-    colors = _draw_colors(rng, kind, np.asarray(example["shape"][:n]))
+    if keep_kind:
+        colors = _draw_colors(rng, kind, np.asarray(example["shape"][:n]))
+    else:
+        colors = rng.integers(len(shapes.COLORS), size=n).astype(np.int32)
     objects = _objects(example, colors)
     out = dict(example)
     color = np.array(example["color"], copy=True)
@@ -93,7 +102,9 @@ def recolor(example: dict, rng: np.random.Generator, prob: float) -> dict:
         resolution = key[len("image_") :]
         if key.startswith("image_") and resolution.isdigit():  # not `image_tokens`, say
             out[key] = shapes.render(objects, int(resolution))
-    if "caption" in example:
+    if "caption" in example and not keep_kind:
+        out["caption"] = ""
+    elif "caption" in example:
         out["caption"] = _recolor_caption(
             example["caption"], kind, [(o.color, o.shape) for o in old], [(o.color, o.shape) for o in objects]
         )
