@@ -115,7 +115,7 @@ def _cmd_export(args, overrides) -> int:
     from t2i.model_files import export_model
 
     ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)))
-    path = export_model(args.workdir, args.out, args.step)
+    path = export_model(args.workdir, args.out, args.step, args.sampling)
     print(f"wrote {path} ({os.path.getsize(path) / 2**20:.1f} MiB)")
     return 0
 
@@ -312,6 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", required=True, help="the training workdir")
     p.add_argument("--out", required=True, help="the .npz file to write")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    p.add_argument(
+        "--sampling",
+        action="append",
+        metavar="KEY=VALUE",
+        help="set a field of the exported model's sampling defaults (its config's sampling block), e.g. "
+        "--sampling guidance_weight=3 --sampling num_candidates=8; repeatable",
+    )
     p.set_defaults(handler=_cmd_export)
 
     tokenizer_help = "the tokenizer's training workdir or exported .npz (default: the committed Shapes reference)"

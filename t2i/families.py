@@ -10,7 +10,10 @@ only when used, so `t2i data ...` never pays for model imports):
   (uint8 images, settings for the manifest)`, if it draws images;
 - `options`: the module attribute holding the extra `t2i sample` flags that its
   pipeline reads (`{flag: (type, help)}`), in a module without heavy imports; the CLI
-  adds them to its parser, and refuses a flag that the chosen pipeline does not read.
+  adds them to its parser, and refuses a flag that the chosen pipeline does not read;
+- `sampling`: the module attribute listing the fields of its `config.sampling` block
+  (the trained model's own sampling defaults) with a parser for each, which `t2i
+  export --sampling KEY=VALUE` may set.
 
 Data is chosen by each config (`data.builder_config`, `data.tokenizer`,
 `data.text_embeddings`, `data.image_tokens`), so a family needs no code in the input
@@ -33,6 +36,7 @@ class Family:
     task: str  # "module:attribute"
     pipeline: str | None = None
     options: str | None = None
+    sampling: str | None = None
 
 
 FAMILIES: dict[str, Family] = {
@@ -41,12 +45,14 @@ FAMILIES: dict[str, Family] = {
         task="t2i.imagen.task:ImagenTask",
         pipeline="t2i.imagen.cascade:imagen_pipeline",
         options="t2i.imagen.options:OPTIONS",
+        sampling="t2i.imagen.options:SAMPLING",
     ),
     "vit_vqgan": Family(task="t2i.vqgan.task:VQGANTask"),
     "parti": Family(
         task="t2i.parti.task:PartiTask",
         pipeline="t2i.parti.pipeline:parti_pipeline",
         options="t2i.parti.options:OPTIONS",
+        sampling="t2i.parti.options:SAMPLING",
     ),
     "clip": Family(task="t2i.clip.task:CLIPTask"),
 }
@@ -83,3 +89,26 @@ def sample_options() -> dict[str, tuple[type, str, list[str]]]:
         help_text = entries[0][2] if len(helps) == 1 else "; ".join(f"{name}: {text}" for name, _, text in entries)
         merged[flag] = (entries[0][1], help_text, names)
     return merged
+
+
+def parse_sampling(family: str, assignments: list[str]) -> dict:
+    """["guidance_weight=3", "num_candidates=8"] -> {field: parsed value}, the fields a
+    family's `config.sampling` block holds; a one-line error for anything else."""
+    if family not in FAMILIES:
+        raise UsageError(f"unknown task '{family}' (known: {', '.join(sorted(FAMILIES))})")
+    if not FAMILIES[family].sampling:
+        raise UsageError(f"a {family} model has no sampling settings (--sampling is for {', '.join(pipelines())})")
+    fields = resolve(FAMILIES[family].sampling)
+    parsed = {}
+    for assignment in assignments:
+        key, equals, text = assignment.partition("=")
+        key = key.strip()
+        if not equals or key not in fields:
+            raise UsageError(
+                f"--sampling takes KEY=VALUE with KEY one of {', '.join(fields)} for {family}, got {assignment!r}"
+            )
+        try:
+            parsed[key] = fields[key](text.strip())
+        except ValueError as error:
+            raise UsageError(f"bad value for --sampling {key}: {str(error).splitlines()[0]}") from None
+    return parsed

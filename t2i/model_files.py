@@ -78,8 +78,12 @@ def _restore_workdir(workdir: str, step: int | None, mesh=None, inference_only: 
     return params, config_dict, step
 
 
-def export_model(workdir: str, out_path: str, step: int | None = None) -> str:
+def export_model(workdir: str, out_path: str, step: int | None = None, sampling: list[str] | None = None) -> str:
     """Writes a checkpoint's inference EMA params (float16) and config into one .npz.
+
+    `sampling` ("KEY=VALUE" strings) sets fields of the exported config's `sampling`
+    block, the model's sampling defaults (the settings a sweep found best, say); the
+    workdir is not changed.
 
     float16 rather than bfloat16: numpy stores it natively and its 10-bit mantissa keeps
     the weights to about 5e-4 relative error, while every weight trained here lies far
@@ -87,6 +91,11 @@ def export_model(workdir: str, out_path: str, step: int | None = None) -> str:
     if not out_path.endswith(".npz"):
         raise UsageError(f"the export file must end in .npz, got {out_path}")
     params, config_dict, step = _restore_workdir(workdir, step)
+    if sampling:
+        from t2i.families import parse_sampling
+
+        changes = parse_sampling(config_dict.get("task"), sampling)
+        config_dict = {**config_dict, "sampling": {**config_dict.get("sampling", {}), **changes}}
     return write_export(params, config_dict, step, out_path)
 
 

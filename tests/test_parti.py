@@ -270,7 +270,7 @@ def test_pipeline_reads_token_grids_with_captions(tiny_data_dir, tiny_tokens):
     assert batch["caption"][3] == source[3]["caption"]
 
 
-def test_trains_through_the_generic_trainer_and_exports(tmp_path, tiny_data_dir, tiny_tokens):
+def test_trains_through_the_generic_trainer_and_exports(tmp_path, tiny_data_dir, tiny_tokens, capsys):
     from t2i.model_files import export_model, load_model
     from t2i.train.trainer import train
 
@@ -286,6 +286,23 @@ def test_trains_through_the_generic_trainer_and_exports(tmp_path, tiny_data_dir,
     assert model.task.grid == 4 and model.step == 4
     with pytest.raises(UsageError, match="holds a parti model, not imagen"):
         load_model(path, family="imagen")
+
+    # The sweep's best setting, stored as the exported model's own sampling defaults.
+    from t2i.cli import main
+
+    tuned = str(tmp_path / "tuned.npz")
+    argv = ["export", "--workdir", workdir, "--out", tuned, "--sampling", "num_candidates=4"]
+    assert main(argv + ["--sampling", "guidance_weight=5"]) == 0
+    stored = load_model(tuned, family="parti").config.sampling
+    assert stored.num_candidates == 4 and stored.guidance_weight == 5.0 and stored.top_p == config.sampling.top_p
+    for bad, message in (
+        ("guidance=5", "KEY one of guidance_weight, temperature, top_k, top_p, num_candidates for parti"),
+        ("top_k=x", "bad value for --sampling top_k"),
+    ):
+        out = str(tmp_path / "bad.npz")
+        assert main(["export", "--workdir", workdir, "--out", out, "--sampling", bad]) == 2
+        assert not os.path.exists(out)
+        assert message in capsys.readouterr().err
 
 
 def test_token_grids_of_another_shape_are_refused(tiny_data_dir, tiny_tokens):

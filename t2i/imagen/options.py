@@ -16,3 +16,23 @@ OPTIONS = {
         "minus is not read as a flag)" + _PER_STAGE,
     ),
 }
+
+
+def _interval(text: str) -> list:
+    """'LO:HI' (either side open) as the config stores it: [lo or None, hi or None]."""
+    from t2i.diffusion.samplers import parse_interval
+
+    return list(parse_interval(text))
+
+
+# The fields of a stage's `config.sampling` block (its defaults), with the parser of
+# each: `t2i export --sampling KEY=VALUE` sets them in the exported file.
+SAMPLING = {
+    "sampler": str,
+    "steps": int,
+    "guidance_weight": float,
+    "thresholding": str,
+    "percentile": float,
+    "noise_aug_level": float,
+    "guidance_interval": _interval,
+}

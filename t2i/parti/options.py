@@ -12,3 +12,13 @@ OPTIONS = {
     "reranker": (str, "CLIP workdir or export that re-ranks candidates (default: the committed Shapes CLIP)"),
     "image_tokenizer": (str, "ViT-VQGAN workdir or export that decodes the tokens (default: the model's)"),
 }
+
+# The fields of a Parti model's `config.sampling` block (its defaults), with the parser
+# of each: `t2i export --sampling KEY=VALUE` sets them in the exported file.
+SAMPLING = {
+    "guidance_weight": float,
+    "temperature": float,
+    "top_k": int,
+    "top_p": float,
+    "num_candidates": int,
+}
