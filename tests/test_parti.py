@@ -438,7 +438,7 @@ def test_sample_command_writes_a_manifest_and_refuses_bad_input(tmp_path, tiny_e
     line = json.loads(open(out / "manifest.jsonl").read())
     settings = line["settings"]
     assert settings["pipeline"] == "parti" and settings["top_k"] == 5 and settings["guidance_weight"] == 2.0
-    assert settings["temperature"] == 1.0  # the model's own default, from its config
+    assert settings["temperature"] == 0.7  # the model's own default, from its config
     assert (out / line["image"]).is_file()
 
     cases = [
@@ -496,6 +496,27 @@ def test_sharded_sampling_matches_one_device(layout):
         assert any("tensor" in spec for spec in specs), specs
 
 
+def test_sample_without_a_checkpoint_uses_the_committed_reference(tmp_path):
+    """The reference Parti ships in the package (t2i/assets/parti_shapes.npz) with its
+    decode settings, chosen on validation captions, and draws what it is asked."""
+    from t2i.cli import main
+    from t2i.evaluation import shapes_eval
+    from t2i.parti.pipeline import REFERENCE_CLIP, REFERENCE_PARTI
+
+    # The issue's budget: Parti and CLIP together at most 25 MB.
+    assert os.path.getsize(REFERENCE_PARTI) + os.path.getsize(REFERENCE_CLIP) <= 25e6
+    out = tmp_path / "out"
+    assert main(["sample", "--pipeline", "parti", "--split", "test", "--num", "16", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in open(out / "manifest.jsonl")]
+    settings = rows[0]["settings"]
+    assert settings["checkpoint"] == REFERENCE_PARTI and settings["step"] == 10_000
+    assert (settings["guidance_weight"], settings["temperature"], settings["num_candidates"]) == (1.5, 0.7, 8)
+    assert settings["reranker"] == REFERENCE_CLIP
+    # The default setting's score on 200 test captions is in docs/parti.md; 16 captions
+    # leave room for noise but not for a broken model, tokenizer or reranker.
+    assert shapes_eval.evaluate_manifest(str(out / "manifest.jsonl")).overall >= 0.7
+
+
 def test_sweep_scores_settings_and_paraphrases(tmp_path, tiny_exports, capsys):
     from t2i.evaluation.paraphrase import paraphrase
     from t2i.evaluation.shapes_eval import parse_caption
@@ -515,7 +536,7 @@ def test_sweep_scores_settings_and_paraphrases(tmp_path, tiny_exports, capsys):
     assert [(r["decode"]["guidance_weight"], r["paraphrase"]) for r in rows] == [
         (1.0, False),
         (2.0, False),
-        (3.0, True),
+        (1.5, True),  # unset: the model's own guidance (configs/parti.py)
     ]
     assert rows[2]["decode"]["temperature"] == 0.0 and all(r["num"] == 2 and 0 <= r["overall"] <= 1 for r in rows)
     table = sweep.markdown_table(str(out))
