@@ -83,10 +83,9 @@ endif
 # first builds the 200,000-scene Shapes data Parti trains on (64 px only, about 4
 # minutes), tokenizes it with the committed ViT-VQGAN (about 10 minutes), trains Parti
 # the way the reference was trained (10,000 steps, about 1 h 45 min on 2 cores) and
-# exports it with the reference's decode settings (docs/parti.md).
+# exports it; configs/parti.py carries the reference's decode settings (docs/parti.md).
 PIPELINE ?= imagen
 PARTI_BUILD = custom_t200000_v1000_e5000_h5000_r64
-PARTI_SAMPLING = --sampling guidance_weight=1.5 --sampling temperature=0.7 --sampling num_candidates=8
 $(DATA_DIR)/shapes/$(PARTI_BUILD)/1.0.0/dataset_info.json: | install
 	$(BIN)/t2i data build shapes --data_dir $(DATA_DIR) --train_size 200000 --validation_size 1000 \
 	  --test_size 5000 --heldout_size 5000 --resolutions 64
@@ -96,7 +95,7 @@ PARTI_CHECKPOINT = --checkpoint runs/parti.npz
 parti_stages: $(DATA_DIR)/shapes/$(PARTI_BUILD)/1.0.0/dataset_info.json
 	$(BIN)/t2i tokenize --builder_config $(PARTI_BUILD) --data_dir $(DATA_DIR) --overwrite
 	$(BIN)/t2i train --config configs/parti.py --workdir runs/parti --config.data.data_dir=$(DATA_DIR)
-	$(BIN)/t2i export --workdir runs/parti --out runs/parti.npz $(PARTI_SAMPLING)
+	$(BIN)/t2i export --workdir runs/parti --out runs/parti.npz
 else
 PARTI_CHECKPOINT =
 parti_stages: install

@@ -298,6 +298,7 @@ def test_trains_through_the_generic_trainer_and_exports(tmp_path, tiny_data_dir,
     for bad, message in (
         ("guidance=5", "KEY one of guidance_weight, temperature, top_k, top_p, num_candidates for parti"),
         ("top_k=x", "bad value for --sampling top_k"),
+        ("top_p=1.5", "bad value for --sampling top_p: must be in (0, 1], got 1.5"),
     ):
         out = str(tmp_path / "bad.npz")
         assert main(["export", "--workdir", workdir, "--out", out, "--sampling", bad]) == 2

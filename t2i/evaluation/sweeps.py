@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 from t2i.errors import UsageError
+from t2i.evaluation.shapes_eval import ATTRIBUTES
 
 
 def values(text: str, kind) -> list:
@@ -52,7 +54,6 @@ def training_minutes(workdir: str, step: int) -> float | None:
 
 
 # The score columns every sweep table ends with, after its own setting columns.
-ATTRIBUTES = ("color", "shape", "size", "position", "relation", "count")
 SCORE_HEAD = ["overall", "single", "pair", "count (kind)", *ATTRIBUTES, "s/image"]
 
 
@@ -97,8 +98,6 @@ def sweep_main(name: str, argv, parser, sweep, markdown_table) -> int:
     try:
         return sweep(args)
     except (UsageError, ValueError) as error:
-        import sys
-
         print(f"{name}: error: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
 

@@ -13,12 +13,25 @@ OPTIONS = {
     "image_tokenizer": (str, "ViT-VQGAN workdir or export that decodes the tokens (default: the model's)"),
 }
 
+
 # The fields of a Parti model's `config.sampling` block (its defaults), with the parser
 # of each: `t2i export --sampling KEY=VALUE` sets them in the exported file.
+def _checked(kind, ok, rule: str):
+    """A parser that also refuses values outside their range (before the file is written)."""
+
+    def parse(text: str):
+        value = kind(text)
+        if not ok(value):
+            raise ValueError(f"must be {rule}, got {text}")
+        return value
+
+    return parse
+
+
 SAMPLING = {
-    "guidance_weight": float,
-    "temperature": float,
-    "top_k": int,
-    "top_p": float,
-    "num_candidates": int,
+    "guidance_weight": _checked(float, lambda v: v >= 0, "at least 0"),
+    "temperature": _checked(float, lambda v: v >= 0, "at least 0 (0: greedy)"),
+    "top_k": _checked(int, lambda v: v >= 0, "at least 0 (0: off)"),
+    "top_p": _checked(float, lambda v: 0 < v <= 1, "in (0, 1]"),
+    "num_candidates": _checked(int, lambda v: v >= 1, "at least 1"),
 }
